@@ -138,7 +138,11 @@ class ChatTokenCounter:
         u, a = rendered.find(self._USER), rendered.find(self._ASSISTANT)
         self.parts: tuple[str, str, str] | None = None
         if rendered.count(self._USER) == 1 and rendered.count(self._ASSISTANT) == 1 and u < a:
-            self.parts = (rendered[:u], rendered[u + len(self._USER) : a], rendered[a + len(self._ASSISTANT) :])
+            self.parts = (
+                rendered[:u],
+                rendered[u + len(self._USER) : a],
+                rendered[a + len(self._ASSISTANT) :],
+            )
 
     def render(self, instruction: str, output: str, input: str = "") -> str:
         user = user_content(instruction, input, self.suffix)

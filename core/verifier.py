@@ -52,7 +52,9 @@ def get_verifier(data_source: str) -> VerifierFn:
     try:
         return VERIFIERS[data_source]
     except KeyError:
-        raise KeyError(f"no verifier for data_source '{data_source}'; registered: {sorted(VERIFIERS)}") from None
+        raise KeyError(
+            f"no verifier for data_source '{data_source}'; registered: {sorted(VERIFIERS)}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- extraction
@@ -119,7 +121,7 @@ def verify_math(completion: str, gold: str) -> Verdict:
 
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
-    def _raise(signum, frame):  # noqa: ARG001
+    def _raise(signum, frame):
         raise VerificationTimeout
 
     previous = signal.signal(signal.SIGALRM, _raise)
@@ -156,7 +158,9 @@ def _shared_pool() -> cf.ProcessPoolExecutor:
         return _pool
 
 
-def verify(completion: str, gold: str, data_source: str = "math", timeout: float = DEFAULT_TIMEOUT_S) -> Verdict:
+def verify(
+    completion: str, gold: str, data_source: str = "math", timeout: float = DEFAULT_TIMEOUT_S
+) -> Verdict:
     """One verdict, with a time limit that holds in any thread."""
     if threading.current_thread() is threading.main_thread():
         return _verify_in_main_thread(completion, gold, data_source, timeout)

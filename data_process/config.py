@@ -27,7 +27,9 @@ class SyntheticConfig:
     duplicate_prob: float = help_field(0.02, help="Chance a problem repeats an earlier one.")
     verbose_words: int = help_field(0, help="Median filler words per trace (0: compact traces).")
     shard_rows: int = help_field(5000, help="Rows per parquet shard.")
-    output_dir: str = help_field("${run_dir}/raw", help="Where the synthetic OpenR1 shards are written.")
+    output_dir: str = help_field(
+        "${run_dir}/raw", help="Where the synthetic OpenR1 shards are written.", hashed=False
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:
@@ -44,7 +46,8 @@ class FilterConfig:
     exclude_sources: list[str] = help_field([], help="Drop problems from these sources.")
     sources: list[str] = help_field([], help="Keep only these sources; [] keeps all.")
     max_tokens: int = help_field(
-        16384, help="Longest SFT example (prompt + trace in the chat template), in tokens; longer are dropped."
+        16384,
+        help="Longest SFT example (prompt + trace in the chat template), in tokens; longer are dropped.",
     )
     dedup_exact: bool = help_field(True, help="Drop problems equal after normalisation.")
     dedup_near: bool = help_field(True, help="Drop near-duplicate problems (MinHash-LSH).")
@@ -73,7 +76,9 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.correctness not in CORRECTNESS_POLICIES:
-            raise ValueError(f"traces.correctness must be one of {CORRECTNESS_POLICIES}, got '{self.correctness}'")
+            raise ValueError(
+                f"traces.correctness must be one of {CORRECTNESS_POLICIES}, got '{self.correctness}'"
+            )
         if self.selection not in SELECTIONS:
             raise ValueError(f"traces.selection must be one of {SELECTIONS}, got '{self.selection}'")
         if self.max_per_problem < 1:
@@ -93,13 +98,14 @@ class PairsConfig:
 class DataProcessConfig:
     """OpenR1-Math shards → CoT Alpaca SFT records, preference pairs and prompt sets."""
 
-    run_name: str = help_field("default", help="Run name; outputs go under runs/<run_name>/.")
-    run_dir: str = help_field("runs/${run_name}")
+    # Locations are not part of the config hash: moving a run does not change what it computed.
+    run_name: str = help_field("default", help="Run name; outputs go under runs/<run_name>/.", hashed=False)
+    run_dir: str = help_field("runs/${run_name}", hashed=False)
     input_dir: str | None = help_field(
         None, help="OpenR1-Math root (default/ and extended/ shards) or a folder of shards; null = synthetic."
     )
     subsets: list[str] = help_field([], help="Subset folders to read (default, extended); [] reads all.")
-    output_dir: str = help_field("${run_dir}/data")
+    output_dir: str = help_field("${run_dir}/data", hashed=False)
     model: ModelConfig = field(default_factory=ModelConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -108,8 +114,9 @@ class DataProcessConfig:
     eval_fraction: float = help_field(0.1, help="Share of kept problems held out as the test prompt split.")
     split_seed: int = help_field(0, help="Salt of the hash that assigns problems to splits.")
     sft_fraction: float = help_field(
-        1.0, help="Share of train problems whose traces become SFT records (hash-sampled); the rest are "
-        "prompts only, for rejection sampling and RL."
+        1.0,
+        help="Share of train problems whose traces become SFT records (hash-sampled); the rest are "
+        "prompts only, for rejection sampling and RL.",
     )
     max_sft_records: int | None = help_field(None, help="Cap on SFT records (first in input order).")
     batch_size: int = help_field(256, help="Rows per record batch read.", hashed=False)

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-_ENUM_PREFIX = re.compile(r"^\s*(?:(?:example|problem|exercise|task|question)\s*)?\d+(?:\.\d+)*\s*[.):]\s*", re.I)
+_ENUM_PREFIX = re.compile(
+    r"^\s*(?:(?:example|problem|exercise|task|question)\s*)?\d+(?:\.\d+)*\s*[.):]\s*", re.I
+)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _MERSENNE = (1 << 61) - 1
 
@@ -81,7 +83,8 @@ class NearDuplicateIndex:
             return True
         sig = self.signature(shingle_set)
         band_keys = [
-            hash((band, sig[band * self.rows : (band + 1) * self.rows].tobytes())) for band in range(self.bands)
+            hash((band, sig[band * self.rows : (band + 1) * self.rows].tobytes()))
+            for band in range(self.bands)
         ]
         for key in band_keys:
             other = self._buckets.get(key)

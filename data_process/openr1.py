@@ -126,7 +126,9 @@ def validate_shards(shards: list[Shard], required: tuple[str, ...] = REQUIRED_CO
         validate_schema(shard.path, pq.read_schema(shard.path), required)
 
 
-def iter_rows(shard: Shard, columns: list[str], batch_size: int = 256) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_rows(
+    shard: Shard, columns: list[str], batch_size: int = 256
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (row index within the shard, row dict) one record batch at a time."""
     pf = pq.ParquetFile(shard.path)
     present = [c for c in columns if c in pf.schema_arrow.names]

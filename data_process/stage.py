@@ -93,7 +93,9 @@ def ensure_synthetic_input(cfg: DataProcessConfig) -> Path:
 class _Processor:
     """Holds the streaming state: dedup indexes, output sinks, counters."""
 
-    def __init__(self, cfg: DataProcessConfig, out: Path, counter: ChatTokenCounter, decontam: Decontaminator | None):
+    def __init__(
+        self, cfg: DataProcessConfig, out: Path, counter: ChatTokenCounter, decontam: Decontaminator | None
+    ):
         self.cfg, self.counter, self.decontam = cfg, counter, decontam
         self.drops: Counter[str] = Counter()
         self.sft_stats: Counter[str] = Counter()
@@ -101,7 +103,9 @@ class _Processor:
         self.split_counts: Counter[str] = Counter()
         self.rows_read = self.rows_kept = self.sft_tokens = 0
         self.exact_seen: set[bytes] = set()
-        self.near = NearDuplicateIndex(threshold=cfg.filters.near_threshold) if cfg.filters.dedup_near else None
+        self.near = (
+            NearDuplicateIndex(threshold=cfg.filters.near_threshold) if cfg.filters.dedup_near else None
+        )
         self.ids: set[str] = set()
         self.renamed_ids = 0
         self.sinks = {
@@ -158,11 +162,20 @@ class _Processor:
         train = []
         for row in kept:
             row["_id"] = self.unique_id(row)
-            split = "test" if unit_hash(self.cfg.split_seed, "split", row["problem"]) < self.cfg.eval_fraction else "train"
+            split = (
+                "test"
+                if unit_hash(self.cfg.split_seed, "split", row["problem"]) < self.cfg.eval_fraction
+                else "train"
+            )
             self.split_counts[split] += 1
             self.sinks["prompts"].write(
-                {"id": row["_id"], "prompt": row["problem"], "answer": str(row["answer"]).strip(),
-                 "source": row.get("source") or "", "split": split}
+                {
+                    "id": row["_id"],
+                    "prompt": row["problem"],
+                    "answer": str(row["answer"]).strip(),
+                    "source": row.get("source") or "",
+                    "split": split,
+                }
             )
             if split == "train":
                 train.append(row)
@@ -212,9 +225,14 @@ class _Processor:
             self.pair_stats["no_pair"] += 1
         for k, (c, r) in enumerate(pairs):
             self.sinks["pairs"].write(
-                {"id": row["_id"] if k == 0 else f"{row['_id']}-p{k}", "prompt": row["problem"],
-                 "chosen": row["generations"][c], "rejected": row["generations"][r],
-                 "answer": str(row["answer"]).strip(), "source": row.get("source") or ""}
+                {
+                    "id": row["_id"] if k == 0 else f"{row['_id']}-p{k}",
+                    "prompt": row["problem"],
+                    "chosen": row["generations"][c],
+                    "rejected": row["generations"][r],
+                    "answer": str(row["answer"]).strip(),
+                    "source": row.get("source") or "",
+                }
             )
             self.pair_stats["written"] += 1
 
@@ -229,8 +247,15 @@ class _Processor:
                 self.sft_stats["capped"] += 1
                 continue
             self.sinks["sft"].write(
-                {"id": sft_id, "instruction": row["problem"], "input": "", "output": row["generations"][i],
-                 "answer": str(row["answer"]).strip(), "source": row.get("source") or "", "n_tokens": n}
+                {
+                    "id": sft_id,
+                    "instruction": row["problem"],
+                    "input": "",
+                    "output": row["generations"][i],
+                    "answer": str(row["answer"]).strip(),
+                    "source": row.get("source") or "",
+                    "n_tokens": n,
+                }
             )
             self.sft_stats["written"] += 1
             self.sft_tokens += n
@@ -259,9 +284,15 @@ def run(cfg: DataProcessConfig) -> Manifest:
         )
     upstream = read_manifest(input_dir)
     inputs = {
-        "raw": upstream.content_hash() if upstream else fingerprint_files([s.path for s in shards], input_dir),
+        "raw": upstream.content_hash()
+        if upstream
+        else fingerprint_files([s.path for s in shards], input_dir),
         "tokenizer": fingerprint_files(
-            [p for p in Path(cfg.model.tokenizer_dir).iterdir() if p.name.startswith(("tokenizer", "chat_template"))]
+            [
+                p
+                for p in Path(cfg.model.tokenizer_dir).iterdir()
+                if p.name.startswith(("tokenizer", "chat_template"))
+            ]
         ),
     }
     if eval_files:
@@ -275,6 +306,7 @@ def run(cfg: DataProcessConfig) -> Manifest:
 
     processor = _Processor(cfg, out, ChatTokenCounter(tokenizer, cfg.model.instruction_suffix), decontam)
     total = sum(s.rows for s in shards)
+    processing_started = time.time()
     try:
         with tqdm(total=total, unit="rows", desc="data_process", disable=not cfg.progress) as bar:
             for shard in shards:
@@ -287,19 +319,25 @@ def run(cfg: DataProcessConfig) -> Manifest:
     except BaseException:
         processor.abort()
         raise
-    elapsed = time.time() - started
+    elapsed = time.time() - processing_started
     dropped = dict(sorted(processor.drops.items()))
     if processor.rows_read != processor.rows_kept + sum(dropped.values()):
-        raise RuntimeError(f"row accounting broken: {processor.rows_read} read, {processor.rows_kept} kept, {dropped}")
+        raise RuntimeError(
+            f"row accounting broken: {processor.rows_read} read, {processor.rows_kept} kept, {dropped}"
+        )
     metrics = {
         "rows_read": processor.rows_read,
         "rows_kept": processor.rows_kept,
         "rows_dropped": dropped,
         "renamed_duplicate_ids": processor.renamed_ids,
         "prompts": dict(processor.split_counts),
-        "sft": {**processor.sft_stats, "written": processor.sft_stats["written"], "tokens": processor.sft_tokens},
+        "sft": {
+            **processor.sft_stats,
+            "written": processor.sft_stats["written"],
+            "tokens": processor.sft_tokens,
+        },
         "pairs": {**processor.pair_stats, "written": processor.pair_stats["written"]},
-        "seconds": round(elapsed, 2),
+        "seconds": round(elapsed, 2),  # reading, filtering, tokenizing, writing (not input generation)
         "rows_per_second": round(processor.rows_read / max(elapsed, 1e-9), 1),
     }
     write_resolved_config(out, cfg)
@@ -315,7 +353,11 @@ def run(cfg: DataProcessConfig) -> Manifest:
     write_manifest(out, manifest)
     log.info(
         "data_process: %d rows read, %d kept, %d SFT records, %d pairs, %d prompts -> %s",
-        processor.rows_read, processor.rows_kept, processor.sft_stats["written"],
-        processor.pair_stats["written"], processor.rows_kept, out,
+        processor.rows_read,
+        processor.rows_kept,
+        processor.sft_stats["written"],
+        processor.pair_stats["written"],
+        processor.rows_kept,
+        out,
     )
     return manifest

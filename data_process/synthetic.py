@@ -85,7 +85,9 @@ def make_problem(rng: random.Random, n_ops: int, max_operand: int, story_prob: f
         steps.append(f"How many {item} does {name} have now?")
         text = " ".join(steps)
     else:
-        text = rng.choice(("Compute {e}.", "What is {e}?", "Evaluate {e}.")).format(e=_expression(operands, ops))
+        text = rng.choice(("Compute {e}.", "What is {e}?", "Evaluate {e}.")).format(
+            e=_expression(operands, ops)
+        )
     return Problem(operands, ops, text, story)
 
 

@@ -21,7 +21,10 @@ fi
 PYTHON=${PYTHON:-python3}
 echo "[bootstrap] creating/updating $VENV from $(basename "$REQ") (first time: ~3 minutes)" >&2
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+# The machines' pip config lists local wheel folders that may not exist: drop those warnings.
+pip_install() {
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 torch_spec=$(grep -E '^torch==' "$REQ")
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT

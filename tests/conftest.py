@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny offline model built once per session, Hydra composition of conf/, hand-made
+OpenR1 rows. Nothing here touches the network: the offline variables are set before anything imports
+transformers."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from core.config import CONF_DIR, to_typed  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict[str, str]:
+    """Directories of the tiny policy and reward model (tokenizer trained on synthetic data)."""
+    from core.tiny_model import TinyModelConfig, build
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    return build(TinyModelConfig(tokenizer_corpus_problems=800), out)
+
+
+def compose(config_name: str, overrides: list[str] | None = None):
+    """Compose conf/<config_name>.yaml exactly as `python -m <stage>` would (without running it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    # Importing the stage configs registers their schemas in Hydra's ConfigStore.
+    import core.tiny_model  # noqa: F401
+    import data_process.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+@pytest.fixture
+def data_process_cfg(tmp_path, tiny_model):
+    """Factory: a typed DataProcessConfig writing under tmp_path, on the tiny tokenizer."""
+    from data_process.config import DataProcessConfig
+
+    def make(*overrides: str) -> DataProcessConfig:
+        base = [
+            f"run_dir={tmp_path}",
+            f"model.path={tiny_model['policy']}",
+            "progress=false",
+            "synthetic.num_problems=300",
+            "sft_fraction=1.0",
+        ]
+        return to_typed(compose("data_process", [*base, *overrides]), DataProcessConfig)
+
+    return make
+
+
+def openr1_row(**overrides: Any) -> dict[str, Any]:
+    """One hand-made OpenR1 row: trace 0 wrong, trace 1 correct (long), trace 2 correct (short),
+    trace 3 flagged correct but cut off (finish reason 'length')."""
+    generations = [
+        "<think>2+2=5.</think> The answer is \\boxed{5}.",
+        "<think>Let me think carefully. 2+2=4. Double-checking: yes, 4.</think> The answer is \\boxed{4}.",
+        "<think>2+2=4.</think> The answer is \\boxed{4}.",
+        "<think>2+2=",
+    ]
+    row = {
+        "problem": "Compute 2 + 2.",
+        "solution": "Clearly 2+2=4, so the answer is $\\boxed{4}$.",
+        "answer": "4",
+        "problem_type": "Algebra",
+        "question_type": "math-word-problem",
+        "source": "olympiads",
+        "uuid": "row-0",
+        "is_reasoning_complete": [True, True, True, False],
+        "generations": generations,
+        "correctness_math_verify": [False, True, True, True],
+        "correctness_llama": [False, True, False, None],
+        "finish_reasons": ["stop", "stop", "stop", "length"],
+        "correctness_count": 3,
+        "messages": [
+            {"content": "Compute 2 + 2.", "role": "user"},
+            {"content": generations[1], "role": "assistant"},
+        ],
+    }
+    row.update(overrides)
+    return row
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import pyarrow.parquet as pq
+
+    from data_process.synthetic import rows_to_table
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows_to_table(rows), path)
+    return path

@@ -1,0 +1,77 @@
+"""Every config in conf/ composes into its typed schema; typos and impossible values fail at compose time."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from core.config import CONF_DIR, stage_config_hash, to_typed
+from core.tiny_model import TinyModelStageConfig
+from data_process.config import DataProcessConfig
+from tests.conftest import compose
+
+SCHEMAS = {"data_process": DataProcessConfig, "tiny_model": TinyModelStageConfig}
+PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def test_every_primary_config_has_a_schema():
+    assert set(PRIMARY) == set(SCHEMAS), "add the new stage's schema to SCHEMAS"
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_primary_config_composes_into_its_schema(name):
+    cfg = to_typed(compose(name), SCHEMAS[name])
+    assert isinstance(cfg, SCHEMAS[name])
+    assert "${" not in str(cfg.output_dir), "output dirs must resolve to a deterministic path"
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_model_presets_compose(preset):
+    cfg = compose("data_process", [f"model={preset}", "model.path=/models/x"])
+    typed = to_typed(cfg, DataProcessConfig)
+    assert typed.model.name == preset and typed.model.path == "/models/x"
+    assert typed.model.trust_remote_code is False
+
+
+def test_every_yaml_in_conf_is_reached_by_a_test():
+    reached = {f"{n}.yaml" for n in PRIMARY} | {f"model/{m}.yaml" for m in MODEL_PRESETS}
+    on_disk = {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")}
+    assert on_disk == reached
+
+
+def test_typo_in_override_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="max_tokn"):
+        compose("data_process", ["filters.max_tokn=3"])
+
+
+def test_wrong_type_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match=r"filters\.max_tokens=many"):
+        compose("data_process", ["filters.max_tokens=many"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("traces.selection=longest", "traces.selection must be one of"),
+        ("eval_fraction=1.5", "eval_fraction must be in"),
+        ("synthetic.min_ops=4", "min_ops <= max_ops"),
+    ],
+)
+def test_impossible_values_are_rejected_with_a_fix(override, message):
+    with pytest.raises(Exception, match=message):
+        to_typed(compose("data_process", [override]), DataProcessConfig)
+
+
+def test_tiny_model_head_dim_check():
+    with pytest.raises(Exception, match="vLLM's CPU attention"):
+        to_typed(compose("tiny_model", ["shape.num_attention_heads=8"]), TinyModelStageConfig)
+
+
+def test_hash_ignores_locations_and_worker_counts():
+    a = to_typed(compose("data_process"), DataProcessConfig)
+    b = to_typed(
+        compose("data_process", ["output_dir=/else", "batch_size=3", "progress=false"]), DataProcessConfig
+    )
+    c = to_typed(compose("data_process", ["filters.max_tokens=100"]), DataProcessConfig)
+    assert stage_config_hash(a) == stage_config_hash(b) != stage_config_hash(c)
