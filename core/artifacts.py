@@ -194,8 +194,15 @@ class ParquetSink:
     temporary file is left behind and the next run overwrites it.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, row_group_size: int = 4096):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: pa.Schema,
+        row_group_size: int = 4096,
+        stage_dir: str | os.PathLike | None = None,
+    ):
         self.path = Path(path)
+        self.stage_dir = Path(stage_dir) if stage_dir is not None else self.path.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
         self.schema = schema
@@ -219,7 +226,7 @@ class ParquetSink:
         self.flush()
         self._writer.close()
         os.replace(self.tmp_path, self.path)
-        return describe_file(self.path, self.path.parent, rows=self.rows, columns=self.schema.names)
+        return describe_file(self.path, self.stage_dir, rows=self.rows, columns=self.schema.names)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -236,7 +236,8 @@ def iter_rows(spec: SyntheticSpec) -> Iterator[dict[str, Any]]:
 def write_shards(
     spec: SyntheticSpec, output_dir: str | Path, subset: str = "default", shard_rows: int = 5000
 ) -> list[OutputFile]:
-    """Write `spec`'s rows as `<output_dir>/<subset>/train-0000k-of-0000n.parquet`, like the real dataset."""
+    """Write `spec`'s rows as `<output_dir>/<subset>/train-0000k-of-0000n.parquet`, like the real dataset.
+    The returned file entries are relative to `output_dir`."""
     out = Path(output_dir) / subset
     n_shards = max(1, -(-spec.num_problems // shard_rows))
     files, sink, shard = [], None, 0
@@ -244,7 +245,8 @@ def write_shards(
         if i % shard_rows == 0:
             if sink is not None:
                 files.append(sink.close())
-            sink = ParquetSink(out / f"train-{shard:05d}-of-{n_shards:05d}.parquet", OPENR1_SCHEMA, 512)
+            name = f"train-{shard:05d}-of-{n_shards:05d}.parquet"
+            sink = ParquetSink(out / name, OPENR1_SCHEMA, 512, stage_dir=output_dir)
             shard += 1
         sink.write(row)
     if sink is not None:

@@ -53,7 +53,7 @@ def test_deterministic_and_written_in_the_openr1_layout(tmp_path):
     spec = SyntheticSpec(num_problems=60, seed=5)
     assert list(iter_rows(spec)) == list(iter_rows(spec))
     files = write_shards(spec, tmp_path, shard_rows=25)
-    assert [f.path for f in files] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert [f.path for f in files] == [f"default/train-0000{i}-of-00003.parquet" for i in range(3)]
     shards = discover_shards(tmp_path, ["default"])
     validate_shards(shards)
     assert sum(s.rows for s in shards) == 60
