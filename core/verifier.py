@@ -33,11 +33,14 @@ DEFAULT_TIMEOUT_S = 5.0
 # Gold answers that state no checkable value (OpenR1 marks proof problems with answer "proof").
 UNJUDGEABLE_GOLDS = frozenset({"", "proof", "notfound", "none", "null", "n/a"})
 VERIFIERS: dict[str, VerifierFn] = {}
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+# Thousands-separated numbers first, so "1,000" is one number, not "000".
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?")
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
-class VerificationTimeout(Exception):
-    pass
+class VerificationTimeout(BaseException):
+    """BaseException, like math-verify's own: its `except Exception` blocks would swallow an Exception and
+    turn a timeout into a verdict."""
 
 
 def register_verifier(name: str) -> Callable[[VerifierFn], VerifierFn]:
@@ -73,8 +76,10 @@ def extract_answer(completion: str) -> str | None:
     boxed = last_boxed(region)
     if boxed is not None:
         return boxed.strip()
+    if "\\boxed" in region:
+        return None  # an unclosed box: the digits inside it are not an answer
     numbers = _NUMBER.findall(region)
-    return numbers[-1] if numbers else None
+    return numbers[-1].replace(",", "") if numbers else None
 
 
 def format_ok(completion: str, require_think: bool = True) -> bool:
@@ -90,7 +95,7 @@ def format_ok(completion: str, require_think: bool = True) -> bool:
 
 def _as_latex(answer: str) -> str:
     answer = answer.strip()
-    if "$" in answer or "\\boxed" in answer or "\\(" in answer or "\\[" in answer:
+    if _UNESCAPED_DOLLAR.search(answer) or "\\boxed" in answer or "\\(" in answer or "\\[" in answer:
         return answer
     return f"${answer}$"
 
@@ -105,8 +110,8 @@ def verify_math(completion: str, gold: str) -> Verdict:
     if gold is None or str(gold).strip().lower() in UNJUDGEABLE_GOLDS:
         return None
     gold_parsed = parse(_as_latex(str(gold)), parsing_timeout=None)
-    if not gold_parsed:
-        return None
+    if not gold_parsed or all(isinstance(x, str) for x in gold_parsed):
+        return None  # the gold did not parse into a value: nothing to compare with
     answer = extract_answer(completion)
     if answer is None:
         return False
@@ -133,8 +138,12 @@ def _alarm(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _verify_in_main_thread(completion: str, gold: str, data_source: str, timeout: float) -> Verdict:
-    fn = get_verifier(data_source)
+def _verify_in_main_thread(
+    completion: str, gold: str, data_source: str | VerifierFn, timeout: float
+) -> Verdict:
+    # Worker processes receive the function itself (pickled by module and name, so the worker imports the
+    # module that registered it): a verifier registered outside this module works there too.
+    fn = data_source if callable(data_source) else get_verifier(data_source)
     try:
         with _alarm(timeout):
             return fn(completion, gold)
@@ -142,7 +151,7 @@ def _verify_in_main_thread(completion: str, gold: str, data_source: str, timeout
         return None
 
 
-def _verify_chunk(items: list[tuple[str, str, str]], timeout: float) -> list[Verdict]:
+def _verify_chunk(items: list[tuple[str, str, VerifierFn]], timeout: float) -> list[Verdict]:
     return [_verify_in_main_thread(c, g, s, timeout) for c, g, s in items]
 
 
@@ -164,10 +173,18 @@ def verify(
     """One verdict, with a time limit that holds in any thread."""
     if threading.current_thread() is threading.main_thread():
         return _verify_in_main_thread(completion, gold, data_source, timeout)
-    future = _shared_pool().submit(_verify_in_main_thread, completion, gold, data_source, timeout)
+    global _pool
+    pool = _shared_pool()
     try:
+        future = pool.submit(_verify_in_main_thread, completion, gold, get_verifier(data_source), timeout)
         return future.result(timeout=timeout + 30)
     except cf.TimeoutError:
+        return None
+    except cf.process.BrokenProcessPool:
+        # The worker died (e.g. killed for memory): start a fresh one next time, judge nothing now.
+        with _pool_lock:
+            if _pool is pool:
+                _pool = None
         return None
 
 
@@ -187,11 +204,10 @@ def verify_batch(
     if len(completions) != len(golds):
         raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
     sources = list(data_sources) if data_sources is not None else ["math"] * len(completions)
-    for s in set(sources):
-        get_verifier(s)  # fail fast on an unknown data_source
-    items = list(zip(completions, golds, sources, strict=True))
-    if workers <= 0 or len(items) <= chunk_size:
-        return [verify(c, g, s, timeout) for c, g, s in items]
+    functions = {s: get_verifier(s) for s in set(sources)}  # fails fast on an unknown data_source
+    if workers <= 0 or len(completions) <= chunk_size:
+        return [verify(c, g, s, timeout) for c, g, s in zip(completions, golds, sources, strict=True)]
+    items = [(c, g, functions[s]) for c, g, s in zip(completions, golds, sources, strict=True)]
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         results = pool.map(_verify_chunk, chunks, [timeout] * len(chunks))
