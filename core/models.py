@@ -6,6 +6,7 @@ Paths are local directories: a name that looks like a hub id is refused with a m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def require_model_dir(path: str | Path, what: str = "model") -> Path:
         hint = (
             " It looks like a hub id: this pipeline runs offline, download the model once "
             "(e.g. `huggingface-cli download NAME --local-dir DIR`) and pass the directory."
-            if "/" in str(path) and not p.parent.exists()
+            if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not p.parent.exists()
             else ""
         )
         raise FileNotFoundError(f"{what} directory '{path}' does not exist.{hint}")

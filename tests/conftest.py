@@ -35,6 +35,7 @@ def compose(config_name: str, overrides: list[str] | None = None):
     # Importing the stage configs registers their schemas in Hydra's ConfigStore.
     import core.tiny_model  # noqa: F401
     import data_process.config  # noqa: F401
+    import train_sft.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
@@ -98,3 +99,39 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(rows_to_table(rows), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory, tiny_model) -> Path:
+    """A finished data_process output (manifest + sft.parquet) on 600 synthetic problems."""
+    from data_process.config import DataProcessConfig
+    from data_process.stage import run
+
+    run_dir = tmp_path_factory.mktemp("sft_data")
+    cfg = to_typed(
+        compose(
+            "data_process",
+            [
+                f"run_dir={run_dir}",
+                f"model.path={tiny_model['policy']}",
+                "progress=false",
+                "synthetic.num_problems=600",
+                "sft_fraction=1.0",
+            ],
+        ),
+        DataProcessConfig,
+    )
+    run(cfg)
+    return Path(cfg.output_dir)
+
+
+def sft_overrides(run_dir: Path, tiny_model: dict[str, str], data_dir: Path) -> list[str]:
+    """Overrides that point conf/train_sft.yaml at test data and a small, fast CPU run."""
+    return [
+        f"run_dir={run_dir}",
+        f"model.path={tiny_model['policy']}",
+        f"data=[{{path: {data_dir}}}]",
+        "sft.logging_steps=1",
+        "sft.report_to=[none]",
+        "use_cpu=true",
+    ]

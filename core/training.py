@@ -1,0 +1,167 @@
+"""What the training stages (SFT, reward model, GRPO) share: device and precision choices, model loading
+with the long-context and quantisation options, checkpoints, loss summaries, saving for serving."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import resource
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_use_cpu(use_cpu: bool | None) -> bool:
+    return (not torch.cuda.is_available()) if use_cpu is None else use_cpu
+
+
+def resolve_bf16(bf16: bool | None, use_cpu: bool) -> bool:
+    if bf16 is None:
+        return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bf16
+
+
+def resolve_attention(requested: str, use_cpu: bool) -> str:
+    """`auto` → flash_attention_2 on a GPU when flash-attn is installed, otherwise sdpa (said in the log)."""
+    if requested != "auto":
+        if requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError(
+                f"attn_implementation={requested} needs the flash-attn package; install it or use sdpa"
+            )
+        return requested
+    if not use_cpu and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    log.info("attention: sdpa (flash-attn %s)", "not installed" if not use_cpu else "not used on CPU")
+    return "sdpa"
+
+
+def resolve_liger(requested: bool) -> bool:
+    if requested and importlib.util.find_spec("liger_kernel") is None:
+        log.info("liger kernels requested but liger-kernel is not installed: training without them")
+        return False
+    return requested
+
+
+def torch_dtype(name: str, bf16: bool) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_pretrained(
+    model_cls: Any,
+    path: str,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool = False,
+    quantize_4bit: bool = False,
+    rope_theta: float | None = None,
+    max_position_embeddings: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """from_pretrained with the overrides long-context and QLoRA training need."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    if rope_theta is not None:
+        rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+        rope["rope_theta"] = rope_theta
+        config.rope_parameters = rope
+    if max_position_embeddings is not None:
+        config.max_position_embeddings = max_position_embeddings
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+    return model_cls.from_pretrained(
+        path,
+        config=config,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+        **kwargs,
+    )
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoint_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(checkpoint_dir))
+
+
+def loss_summary(log_history: list[dict[str, Any]], key: str = "loss") -> dict[str, Any]:
+    """First / last / min of a logged curve, plus the means of its first and last tenth."""
+    points = [(h["step"], h[key]) for h in log_history if key in h]
+    if not points:
+        return {}
+    values = [v for _, v in points]
+    tenth = max(1, len(values) // 10)
+    return {
+        "first": values[0],
+        "last": values[-1],
+        "min": min(values),
+        "first_tenth_mean": sum(values[:tenth]) / tenth,
+        "last_tenth_mean": sum(values[-tenth:]) / tenth,
+        "points": len(values),
+        "curve": [[s, round(v, 5)] for s, v in points],
+    }
+
+
+def peak_memory_gb() -> dict[str, float]:
+    out = {"cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+    if torch.cuda.is_available():
+        out["gpu_allocated_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def finalize_generation_config(model: Any, tokenizer: Any) -> None:
+    """Make generation stop at the end-of-turn token (and the pad-distinct eos), as vLLM and generate read it."""
+    gen = model.generation_config
+    eos = gen.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id not in eos_ids:
+        eos_ids.insert(0, tokenizer.eos_token_id)
+    gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
+    gen.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def merge_adapter(
+    base_path: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, model_cls: Any
+) -> Any:
+    """Load the base in full precision (never the 4-bit copy QLoRA trained on), apply the adapter, merge."""
+    from peft import PeftModel
+
+    base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    return merged
+
+
+def remove_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)

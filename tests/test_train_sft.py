@@ -1,0 +1,342 @@
+"""train_sft on the tiny model, on CPU: the loss mask, full and LoRA training, the end-of-turn token,
+bad input caught before a model is loaded, multi-process and DeepSpeed runs, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.artifacts import read_manifest, write_parquet_atomic
+from core.config import CONF_DIR, to_typed
+from tests.conftest import compose, sft_overrides
+from train_sft import stage
+from train_sft.config import SFTStageConfig
+from train_sft.data import DataError, mix, prepare, resolve_source
+
+REPO = CONF_DIR.parent
+
+
+@pytest.fixture
+def sft_cfg(tmp_path, tiny_model, sft_data):
+    def make(*overrides: str) -> SFTStageConfig:
+        return to_typed(
+            compose("train_sft", [*sft_overrides(tmp_path, tiny_model, sft_data), *overrides]), SFTStageConfig
+        )
+
+    return make
+
+
+def stage_command(tmp_path, tiny_model, sft_data, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "train_sft", *sft_overrides(tmp_path, tiny_model, sft_data), *overrides]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def prepared_for(cfg: SFTStageConfig, tokenizer):
+    sources = [resolve_source(s) for s in cfg.data]
+    return prepare(
+        sources, tokenizer, cfg.model.instruction_suffix, cfg.sft.max_length, cfg.sft.overlength, 0
+    )
+
+
+# ------------------------------------------------------------------------------------------ loss mask
+
+
+@pytest.mark.parametrize("template_has_markers", [True, False])
+def test_labels_cover_exactly_the_answer_and_its_end_of_turn_token(sft_cfg, template_has_markers):
+    cfg = sft_cfg()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if not template_has_markers:  # a template TRL cannot mark: prompt/completion fallback
+        tokenizer.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace(
+            "{% endgeneration %}", ""
+        )
+    prepared = prepared_for(cfg, tokenizer)
+    trainer = stage.build_trainer(cfg, tokenizer, prepared, Path(cfg.output_dir))
+    answer_end = "<|im_end|>" if template_has_markers else "<|im_end|>\n"  # ChatML's newline after the turn
+    for i in range(5):
+        example = trainer.train_dataset[i]
+        trained = [t for t in example["labels"] if t != -100]
+        output = prepared.examples[i]["messages"][-1]["content"]
+        assert tokenizer.decode(trained) == output + answer_end
+        first = example["labels"].index(trained[0])
+        assert all(t == -100 for t in example["labels"][:first])  # the prompt is never trained on
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def trainable_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model, sft_data):
+    """Full fine-tuning for 150 steps at a high learning rate: enough for the format and the stop token."""
+    run_dir = tmp_path_factory.mktemp("sft_full")
+    overrides = [
+        *sft_overrides(run_dir, tiny_model, sft_data),
+        "peft=full",
+        "sft.max_steps=150",
+        "sft.learning_rate=3e-3",
+        "sft.save_steps=1000",
+        "sft.logging_steps=5",
+    ]
+    cfg = to_typed(compose("train_sft", overrides), SFTStageConfig)
+    return cfg, stage.run(cfg)
+
+
+def test_full_training_changes_every_weight_and_lowers_the_loss(full_run, tiny_model):
+    cfg, manifest = full_run
+    loss = manifest.metrics["loss"]
+    assert manifest.metrics["global_step"] == 150
+    assert loss["last_tenth_mean"] < 0.5 * loss["first_tenth_mean"], loss
+    before = trainable_state(Path(tiny_model["policy"]))
+    after = trainable_state(Path(cfg.output_dir) / "model")
+    assert before.keys() == after.keys()
+    assert all(not torch.equal(before[k], after[k]) for k in before if "norm" not in k)
+
+
+def test_saved_model_files_and_manifest(full_run):
+    cfg, manifest = full_run
+    out = Path(cfg.output_dir)
+    model_files = {p.name for p in (out / "model").iterdir()}
+    assert model_files == {
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "train_config.yaml",
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "manifest.json",
+        "model",
+    ]  # no checkpoints left
+    assert {k.split("/")[0] for k in manifest.outputs} == {"model"}
+    m = manifest.metrics
+    assert m["tokens_per_second"] > 0 and m["tokens_seen"] > 0
+    assert (
+        m["data"]["dropped_overlength"] == 0 and m["data"]["examples"] == m["data"]["examples_after_mixing"]
+    )
+    assert "cpu_rss_gb" in m["peak_memory"]
+
+
+def test_trained_model_stops_with_the_end_of_turn_token(full_run):
+    cfg, _ = full_run
+    model_dir = Path(cfg.output_dir) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompts = [f"Compute {a} + {b}." for a, b in ((12, 7), (40, 33), (5, 81), (66, 21))]
+    stopped = 0
+    for p in prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{p}\n\n{cfg.model.instruction_suffix}"}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        out = model.generate(**ids, max_new_tokens=120, do_sample=False)[0, ids["input_ids"].shape[1] :]
+        if out[-1].item() == tokenizer.eos_token_id and len(out) < 120:
+            stopped += 1
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            assert text.startswith("<think>") and "</think>" in text and "\\boxed{" in text
+    assert stopped == len(prompts)
+
+
+def test_lora_trains_the_adapter_only_and_merges(sft_cfg, tiny_model):
+    cfg = sft_cfg(
+        "peft=lora",
+        "peft.r=8",
+        "peft.target_modules=[q_proj,v_proj,up_proj,down_proj]",
+        "sft.max_steps=40",
+        "sft.learning_rate=5e-3",
+        "sft.logging_steps=2",
+    )
+    manifest = stage.run(cfg)
+    out = Path(cfg.output_dir)
+    loss = manifest.metrics["loss"]
+    assert loss["last_tenth_mean"] < loss["first_tenth_mean"], loss
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    before, merged = trainable_state(Path(tiny_model["policy"])), trainable_state(out / "model")
+    changed = {k for k in before if not torch.equal(before[k], merged[k])}
+    assert changed and all(any(m in k for m in ("q_proj", "v_proj", "up_proj", "down_proj")) for k in changed)
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
+
+
+def test_rerun_with_same_config_is_skipped(full_run):
+    cfg, manifest = full_run
+    again = stage.run(cfg)
+    assert again.finished_at == manifest.finished_at
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def test_mix_weights_repeat_and_subsample(tmp_path):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(10)]
+    a = write_parquet_atomic(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    src = resolve_source(type("S", (), {"path": str(tmp_path / a.path), "weight": 2.5})())
+    mixed = mix([(src, rows)], seed=0)
+    assert len(mixed) == 25 and sum(r in rows for r in mixed) == 25
+    assert mixed == mix([(src, rows)], seed=0)
+
+
+def test_overlength_examples_dropped_or_truncated_and_counted(sft_cfg):
+    cfg = sft_cfg("sft.max_length=80")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    dropped = prepared_for(cfg, tokenizer)
+    assert dropped.stats["dropped_overlength"] > 0
+    assert (
+        dropped.stats["examples"] + dropped.stats["dropped_overlength"]
+        == dropped.stats["examples_after_mixing"]
+    )
+    cfg = sft_cfg("sft.max_length=80", "sft.overlength=truncate")
+    truncated = prepared_for(cfg, tokenizer)
+    assert truncated.stats["truncated_overlength"] == dropped.stats["dropped_overlength"]
+    assert truncated.stats["examples"] == truncated.stats["examples_after_mixing"]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the stage gets as far as loading a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(stage, "build_trainer", refuse)
+
+
+def test_missing_columns_fail_before_model_load(sft_cfg, tmp_path, no_model_load):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"instruction": ["q"], "answer": ["1"]}), bad)
+    with pytest.raises(DataError, match=r"bad\.parquet: missing column\(s\) \['output'\]"):
+        stage.run(sft_cfg(f"data=[{{path: {bad}}}]"))
+
+
+def test_empty_dataset_after_filtering_fails_before_model_load(sft_cfg, no_model_load):
+    with pytest.raises(DataError, match=r"no SFT examples left.*max_length=40"):
+        stage.run(sft_cfg("sft.max_length=40"))
+
+
+def test_missing_model_and_unfinished_upstream_fail_clearly(sft_cfg, tmp_path, no_model_load):
+    with pytest.raises(FileNotFoundError, match="model directory 'nowhere/model' does not exist"):
+        stage.run(sft_cfg("model.path=nowhere/model"))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(DataError, match=r"without manifest\.json"):
+        stage.run(sft_cfg(f"data=[{{path: {tmp_path / 'unfinished'}}}]"))
+
+
+def test_impossible_batch_fails_before_model_load(sft_cfg, no_model_load):
+    with pytest.raises(DataError, match="cannot fill one optimizer step of 64000"):
+        stage.run(sft_cfg("sft.per_device_train_batch_size=1000", "sft.gradient_accumulation_steps=64"))
+
+
+def test_config_rejects_bad_values_with_a_fix():
+    with pytest.raises(Exception, match=r"peft\.method must be one of"):
+        to_typed(compose("train_sft", ["peft.method=dora"]), SFTStageConfig)
+    with pytest.raises(Exception, match=r"sft\.overlength must be one of"):
+        to_typed(compose("train_sft", ["sft.overlength=cut"]), SFTStageConfig)
+
+
+def test_packing_runs_padding_free(sft_cfg):
+    cfg = sft_cfg("sft.packing=true", "sft.max_steps=3", "sft.per_device_train_batch_size=2")
+    manifest = stage.run(cfg)
+    assert manifest.metrics["global_step"] == 3
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_to_the_same_step_count(tmp_path, tiny_model, sft_data):
+    cmd = stage_command(
+        tmp_path,
+        tiny_model,
+        sft_data,
+        "sft.max_steps=40",
+        "sft.save_steps=10",
+        "sft.per_device_train_batch_size=8",
+    )
+    checkpoints = tmp_path / "round_0" / "sft" / "checkpoints"
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (checkpoints / "checkpoint-20" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint-20 within 4 minutes"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing its last file
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest_path = tmp_path / "round_0" / "sft" / "manifest.json"
+    assert not manifest_path.exists()
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = read_manifest(tmp_path / "round_0" / "sft").metrics
+    assert m["resumed_from"] is not None and m["resumed_from"].endswith(("checkpoint-20", "checkpoint-30"))
+    assert m["global_step"] == 40
+    assert m["loss"]["curve"][0][0] > 1  # the resumed run's log starts after the checkpoint, not at step 1
+
+
+def _accelerate(config: str, tmp_path, tiny_model, sft_data, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONF_DIR / "accelerate" / config),
+        "-m",
+        "train_sft",
+        *sft_overrides(tmp_path, tiny_model, sft_data),
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_saves_a_loadable_model(tmp_path, tiny_model, sft_data):
+    done = _accelerate("cpu_2proc.yaml", tmp_path, tiny_model, sft_data, "sft.max_steps=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = read_manifest(tmp_path / "round_0" / "sft").metrics
+    assert m["processes"] == 2 and m["global_step"] == 4
+    assert m["epochs"] == pytest.approx(4 * 32 * 2 / m["data"]["examples"], rel=0.05)  # 2 ranks' batches
+    AutoModelForCausalLM.from_pretrained(tmp_path / "round_0" / "sft" / "model")
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_run_saves_a_loadable_model(tmp_path, tiny_model, sft_data):
+    done = _accelerate("deepspeed_zero2_cpu.yaml", tmp_path, tiny_model, sft_data, "sft.max_steps=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "round_0" / "sft"
+    assert read_manifest(out).metrics["global_step"] == 3
+    AutoModelForCausalLM.from_pretrained(out / "model")

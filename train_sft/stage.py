@@ -1,0 +1,291 @@
+"""train_sft: supervised fine-tuning on CoT Alpaca records with TRL's SFTTrainer (full, LoRA or QLoRA).
+
+Reads top to bottom: validate inputs → prepare data → load model → train (resuming from the last
+checkpoint) → save adapter and merged model → manifest. Every rank of a multi-process run executes this
+same function; only the main process writes outputs.
+
+Loss masking: records become user/assistant conversations rendered by the model's own chat template and
+the loss covers the assistant turn only (TRL `assistant_only_loss`, with the `{% generation %}` markers the
+template has or TRL's training template for the model family). A template TRL cannot mark falls back to
+prompt/completion examples (loss on the completion only), with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import (
+    Manifest,
+    describe_file,
+    fingerprint_files,
+    invalidate,
+    is_complete,
+    read_manifest,
+    write_manifest,
+)
+from core.config import stage_config_hash, to_dict
+from core.models import load_tokenizer, require_model_dir, write_resolved_config
+from core.training import (
+    finalize_generation_config,
+    is_main_process,
+    last_checkpoint,
+    load_pretrained,
+    loss_summary,
+    merge_adapter,
+    peak_memory_gb,
+    remove_dir,
+    resolve_attention,
+    resolve_bf16,
+    resolve_liger,
+    resolve_use_cpu,
+    torch_dtype,
+    world_size,
+)
+from train_sft.config import SFTStageConfig
+from train_sft.data import DataError, PreparedData, prepare, resolve_source
+
+log = logging.getLogger(__name__)
+STAGE = "train_sft"
+
+
+def check_batch(n_examples: int, cfg: SFTStageConfig, processes: int) -> None:
+    """A batch configuration that cannot work fails here, before any model is loaded."""
+    s = cfg.sft
+    global_batch = s.per_device_train_batch_size * s.gradient_accumulation_steps * processes
+    if not s.packing and n_examples < global_batch:
+        raise DataError(
+            f"{n_examples} examples cannot fill one optimizer step of {global_batch} "
+            f"(per_device_train_batch_size {s.per_device_train_batch_size} × gradient_accumulation_steps "
+            f"{s.gradient_accumulation_steps} × {processes} processes); lower them or add data"
+        )
+    if cfg.peft.method == "qlora" and cfg.use_cpu is False and not _cuda():
+        raise ValueError("peft.method=qlora with use_cpu=false needs a CUDA GPU")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def supports_assistant_mask(tokenizer: Any) -> bool:
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+    except (ValueError, NotImplementedError):
+        return False
+    return True
+
+
+def to_dataset(prepared: PreparedData, assistant_mask: bool):
+    from datasets import Dataset
+
+    if assistant_mask:
+        return Dataset.from_list(prepared.examples)
+    return Dataset.from_list(
+        [{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]} for e in prepared.examples]
+    )
+
+
+def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, out: Path):
+    """The TRL SFTTrainer for this config (also used by tests to inspect the prepared labels)."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    s = cfg.sft
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    bf16 = resolve_bf16(s.bf16, use_cpu)
+    attn = resolve_attention(s.attn_implementation, use_cpu)
+    dtype = torch_dtype(cfg.model.dtype, bf16)
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        cfg.model.path,
+        dtype=dtype,
+        attn_implementation=attn,
+        trust_remote_code=cfg.model.trust_remote_code,
+        quantize_4bit=cfg.peft.method == "qlora",
+        rope_theta=s.rope_theta,
+        max_position_embeddings=s.max_position_embeddings,
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    peft_config = None
+    if cfg.peft.method != "none":
+        target = cfg.peft.target_modules
+        peft_config = LoraConfig(
+            r=cfg.peft.r,
+            lora_alpha=cfg.peft.alpha,
+            lora_dropout=cfg.peft.dropout,
+            target_modules="all-linear" if target == ["all-linear"] else list(target),
+            task_type="CAUSAL_LM",
+        )
+    assistant_mask = supports_assistant_mask(tokenizer)
+    if not assistant_mask:
+        log.info("chat template has no generation markers TRL can add: training on prompt/completion pairs")
+    # transformers 5 reads the tensorboard directory from the environment; keep it beside the outputs, not
+    # inside checkpoints/ (which a finished run deletes).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.num_train_epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        warmup_steps=s.warmup_steps,
+        lr_scheduler_type=s.lr_scheduler_type,
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        max_length=s.max_length,
+        truncation_mode="keep_start",
+        packing=s.packing,
+        padding_free=s.packing,
+        assistant_only_loss=assistant_mask,
+        gradient_checkpointing=s.gradient_checkpointing,
+        use_liger_kernel=resolve_liger(s.use_liger_kernel),
+        bf16=bf16,
+        use_cpu=use_cpu,
+        seed=s.seed,
+        data_seed=s.seed,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit,
+        report_to=[r for r in s.report_to if r != "none"],
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=s.dataloader_num_workers,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(prepared, assistant_mask),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def save_outputs(cfg: SFTStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
+    """adapter/ (LoRA, QLoRA) and model/ (merged or full): safetensors, tokenizer, chat template, config.
+
+    `trainer.save_model` runs on every rank (it gathers ZeRO-3 shards); merging runs on the main process
+    from the saved adapter and a fresh full-precision copy of the base, so it works for QLoRA and ZeRO-3.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dirs: dict[str, Path] = {}
+    model_dir = out / "model"
+    if cfg.peft.method == "none":
+        trainer.save_model(str(model_dir))
+        dirs["model"] = model_dir
+    else:
+        adapter_dir = out / "adapter"
+        trainer.save_model(str(adapter_dir))
+        dirs["adapter"] = adapter_dir
+        if cfg.peft.merge:
+            dirs["model"] = model_dir
+    if not trainer.is_world_process_zero():
+        return dirs
+    if cfg.peft.method != "none" and cfg.peft.merge:
+        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.sft.bf16, resolve_use_cpu(cfg.use_cpu)))
+        merge_adapter(cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM)
+    if "model" in dirs:
+        from transformers import AutoModelForCausalLM as Loader
+
+        model = Loader.from_pretrained(model_dir, local_files_only=True)
+        finalize_generation_config(model, tokenizer)
+        model.generation_config.save_pretrained(model_dir)
+        model.config.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        # A pickle beside the weights is nothing a serving stack needs, and loading it means unpickling.
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
+        write_resolved_config(model_dir, cfg, name="train_config.yaml")
+    return dirs
+
+
+def run(cfg: SFTStageConfig) -> Manifest:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    # 1. Inputs: everything checkable without a model fails here.
+    model_dir = require_model_dir(cfg.model.path, "model")
+    sources = [resolve_source(s) for s in cfg.data]
+    tokenizer = load_tokenizer(cfg.model)
+    inputs = {
+        "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
+        **{f"data_{i}": s.identity for i, s in enumerate(sources)},
+    }
+    chash = stage_config_hash(cfg)
+    if not cfg.force and is_complete(out, chash, inputs):
+        log.info("train_sft: %s is complete for this config and inputs; skipping", out)
+        return read_manifest(out)  # type: ignore[return-value]
+    prepared = prepare(
+        sources, tokenizer, cfg.model.instruction_suffix, cfg.sft.max_length, cfg.sft.overlength, cfg.sft.seed
+    )
+    check_batch(len(prepared.examples), cfg, world_size())
+    if is_main_process():
+        invalidate(out)
+    # 2. Model and trainer; 3. train, resuming from the last checkpoint of an interrupted run.
+    trainer = build_trainer(cfg, tokenizer, prepared, out)
+    resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
+    if resume_from:
+        log.info("train_sft: resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    # 4. Save for serving.
+    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return Manifest(stage=STAGE, config_hash=chash, config={})
+    state = trainer.state
+    runtime = result.metrics.get("train_runtime", time.time() - started)
+    metrics = {
+        "train_loss": result.training_loss,
+        "loss": loss_summary(state.log_history),
+        "global_step": state.global_step,
+        "epochs": state.epoch,
+        "resumed_from": resume_from,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "tokens_per_second": round(state.num_input_tokens_seen / max(runtime, 1e-9), 1),
+        "train_runtime_s": round(runtime, 2),
+        "peak_memory": peak_memory_gb(),
+        "processes": world_size(),
+        "data": prepared.stats,
+    }
+    outputs = {
+        f"{name}/{p.relative_to(d).as_posix()}": describe_file(p, out)
+        for name, d in dirs.items()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+    write_resolved_config(out, cfg)
+    manifest = Manifest(
+        stage=STAGE,
+        round=cfg.round,
+        config_hash=chash,
+        config=to_dict(cfg),
+        inputs=inputs,
+        outputs=outputs,
+        metrics=metrics,
+        started_at=started,
+    )
+    write_manifest(out, manifest)
+    if not cfg.keep_checkpoints:
+        remove_dir(out / "checkpoints")  # the manifest now marks the run finished: resume needs them no more
+    log.info(
+        "train_sft: %d steps, loss %.4f -> %.4f, %.0f tokens/s; model in %s",
+        state.global_step,
+        metrics["loss"].get("first", float("nan")),
+        metrics["loss"].get("last", float("nan")),
+        metrics["tokens_per_second"],
+        dirs.get("model", dirs.get("adapter")),
+    )
+    return manifest
