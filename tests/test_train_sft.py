@@ -346,3 +346,43 @@ def test_deepspeed_zero2_run_saves_a_loadable_model(tmp_path, tiny_model, sft_da
     out = tmp_path / "round_0" / "sft"
     assert read_manifest(out).metrics["global_step"] == 3
     AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(sft_cfg, tiny_model):
+    import bitsandbytes as bnb
+
+    cfg = sft_cfg("peft=qlora", "sft.max_steps=6", "sft.learning_rate=5e-3")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    trainer = stage.build_trainer(cfg, tokenizer, prepared_for(cfg, tokenizer), Path(cfg.output_dir))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    del trainer
+    manifest = stage.run(cfg)
+    merged = AutoModelForCausalLM.from_pretrained(Path(cfg.output_dir) / "model")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    assert merged.dtype == torch.float32 and manifest.metrics["global_step"] == 6
+
+
+VLLM_SCRIPT = """
+import os, sys
+os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+llm = LLM(model=sys.argv[1], enforce_eager=True, dtype="float32", max_model_len=512, seed=0)
+prompt = llm.get_tokenizer().apply_chat_template(
+    [{"role": "user", "content": sys.argv[2]}], add_generation_prompt=True, tokenize=False)
+out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=120))[0].outputs[0]
+print("RESULT", out.finish_reason, repr(out.text))
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_loads_the_saved_model_and_stops_at_end_of_turn(full_run):
+    pytest.importorskip("vllm")
+    cfg, _ = full_run
+    question = f"Compute 40 + 33.\n\n{cfg.model.instruction_suffix}"
+    done = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(Path(cfg.output_dir) / "model"), question],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert result.startswith("RESULT stop '<think>") and "\\\\boxed{" in result
