@@ -9,10 +9,15 @@ from core.config import CONF_DIR, stage_config_hash, to_typed
 from core.tiny_model import TinyModelStageConfig
 from data_process.config import DataProcessConfig
 from tests.conftest import compose
+from train_sft.config import SFTStageConfig
 
-SCHEMAS = {"data_process": DataProcessConfig, "tiny_model": TinyModelStageConfig}
+SCHEMAS = {"data_process": DataProcessConfig, "tiny_model": TinyModelStageConfig, "train_sft": SFTStageConfig}
 PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+# Hydra groups and the primary config that uses them.
+GROUPS = {"sft": "train_sft", "peft": "train_sft"}
+GROUP_OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+ACCELERATE = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
 
 
 def test_every_primary_config_has_a_schema():
@@ -34,8 +39,29 @@ def test_model_presets_compose(preset):
     assert typed.model.trust_remote_code is False
 
 
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_group_options_compose(group, option):
+    typed = to_typed(compose(GROUPS[group], [f"{group}={option}"]), SCHEMAS[GROUPS[group]])
+    assert isinstance(typed, SCHEMAS[GROUPS[group]])
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 1
+    if "deepspeed" in path.name:
+        assert config.deepspeed_config["zero_stage"] == int(path.stem.split("zero")[1][0])
+
+
 def test_every_yaml_in_conf_is_reached_by_a_test():
-    reached = {f"{n}.yaml" for n in PRIMARY} | {f"model/{m}.yaml" for m in MODEL_PRESETS}
+    reached = (
+        {f"{n}.yaml" for n in PRIMARY}
+        | {f"model/{m}.yaml" for m in MODEL_PRESETS}
+        | {f"{g}/{o}.yaml" for g, o in GROUP_OPTIONS}
+        | {f"accelerate/{p.name}" for p in ACCELERATE}
+    )
     on_disk = {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")}
     assert on_disk == reached
 
