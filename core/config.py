@@ -91,6 +91,24 @@ def to_typed(cfg: DictConfig | T, schema: type[T]) -> T:
     return obj  # type: ignore[return-value]
 
 
+# Modules whose import registers a stage schema in Hydra's ConfigStore (see `compose`).
+STAGE_CONFIG_MODULES = ("core.tiny_model", "data_process.config", "train_sft.config")
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/<config_name>.yaml with overrides exactly as `python -m <stage>` would, without running
+    it: what tests, benchmarks and the pipeline use to build a stage's config in-process."""
+    import importlib
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    for module in STAGE_CONFIG_MODULES:
+        importlib.import_module(module)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
 def register_schema(name: str, node: type) -> None:
     from hydra.core.config_store import ConfigStore
 

@@ -15,7 +15,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from core.config import CONF_DIR, to_typed  # noqa: E402
+from core.config import compose, to_typed  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,20 +25,6 @@ def tiny_model(tmp_path_factory) -> dict[str, str]:
 
     out = tmp_path_factory.mktemp("tiny_model")
     return build(TinyModelConfig(tokenizer_corpus_problems=800), out)
-
-
-def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose conf/<config_name>.yaml exactly as `python -m <stage>` would (without running it)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    # Importing the stage configs registers their schemas in Hydra's ConfigStore.
-    import core.tiny_model  # noqa: F401
-    import data_process.config  # noqa: F401
-    import train_sft.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [])
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from core.config import CONF_DIR, stage_config_hash, to_typed
+from core.config import CONF_DIR, compose, stage_config_hash, to_typed
 from core.tiny_model import TinyModelStageConfig
 from data_process.config import DataProcessConfig
-from tests.conftest import compose
 from train_sft.config import SFTStageConfig
 
 SCHEMAS = {"data_process": DataProcessConfig, "tiny_model": TinyModelStageConfig, "train_sft": SFTStageConfig}

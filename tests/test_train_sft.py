@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.artifacts import read_manifest, write_parquet_atomic
-from core.config import CONF_DIR, to_typed
-from tests.conftest import compose, sft_overrides
+from core.config import CONF_DIR, compose, to_typed
+from tests.conftest import sft_overrides
 from train_sft import stage
 from train_sft.config import SFTStageConfig
 from train_sft.data import DataError, mix, prepare, resolve_source
@@ -381,8 +381,14 @@ def test_vllm_loads_the_saved_model_and_stops_at_end_of_turn(full_run):
     pytest.importorskip("vllm")
     cfg, _ = full_run
     question = f"Compute 40 + 33.\n\n{cfg.model.instruction_suffix}"
-    done = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, str(Path(cfg.output_dir) / "model"), question],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", VLLM_SCRIPT, str(Path(cfg.output_dir) / "model"), question],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
     assert result.startswith("RESULT stop '<think>") and "\\\\boxed{" in result
