@@ -58,7 +58,12 @@ class SFTHyperparams:
         "drop",
         help="Examples over max_length: drop | truncate (keeps the start; the answer and eos are lost).",
     )
-    packing: bool = help_field(True, help="Pack examples into max_length rows (BFD), padding-free batches.")
+    packing: bool | None = help_field(
+        None,
+        help="Pack examples into max_length rows (BFD, padding-free). null = pack when flash attention is in "
+        "use; otherwise batch examples of similar length (packing without varlen kernels computes dense "
+        "attention over the whole packed row and is slower than padding).",
+    )
     gradient_checkpointing: bool = help_field(True, help="Trade compute for memory (needed at 16k+ tokens).")
     use_liger_kernel: bool = help_field(False, help="Liger fused kernels when `liger-kernel` is installed.")
     attn_implementation: str = help_field(

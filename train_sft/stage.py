@@ -56,7 +56,7 @@ def check_batch(n_examples: int, cfg: SFTStageConfig, processes: int) -> None:
     """A batch configuration that cannot work fails here, before any model is loaded."""
     s = cfg.sft
     global_batch = s.per_device_train_batch_size * s.gradient_accumulation_steps * processes
-    if not s.packing and n_examples < global_batch:
+    if s.packing is not True and n_examples < global_batch:
         raise DataError(
             f"{n_examples} examples cannot fill one optimizer step of {global_batch} "
             f"(per_device_train_batch_size {s.per_device_train_batch_size} × gradient_accumulation_steps "
@@ -127,6 +127,7 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
             target_modules="all-linear" if target == ["all-linear"] else list(target),
             task_type="CAUSAL_LM",
         )
+    packing = s.packing if s.packing is not None else attn.startswith("flash_attention")
     assistant_mask = supports_assistant_mask(tokenizer)
     if not assistant_mask:
         log.info("chat template has no generation markers TRL can add: training on prompt/completion pairs")
@@ -146,8 +147,9 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
         max_grad_norm=s.max_grad_norm,
         max_length=s.max_length,
         truncation_mode="keep_start",
-        packing=s.packing,
-        padding_free=s.packing,
+        packing=packing,
+        padding_free=packing,
+        train_sampling_strategy="random" if packing else "group_by_length",
         assistant_only_loss=assistant_mask,
         gradient_checkpointing=s.gradient_checkpointing,
         use_liger_kernel=resolve_liger(s.use_liger_kernel),
