@@ -200,6 +200,7 @@ class ParquetSink:
         schema: pa.Schema,
         row_group_size: int = 4096,
         stage_dir: str | os.PathLike | None = None,
+        max_buffer_bytes: int = 64 << 20,
     ):
         self.path = Path(path)
         self.stage_dir = Path(stage_dir) if stage_dir is not None else self.path.parent
@@ -208,12 +209,16 @@ class ParquetSink:
         self.schema = schema
         self.rows = 0
         self._buffer: list[dict[str, Any]] = []
+        self._buffer_bytes = 0
         self._row_group_size = row_group_size
+        # Rows holding 16k-token traces are ~60 KB each: flush by size too, so memory stays bounded.
+        self._max_buffer_bytes = max_buffer_bytes
         self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
 
     def write(self, row: dict[str, Any]) -> None:
         self._buffer.append(row)
-        if len(self._buffer) >= self._row_group_size:
+        self._buffer_bytes += sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(self._buffer) >= self._row_group_size or self._buffer_bytes >= self._max_buffer_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -221,6 +226,7 @@ class ParquetSink:
             self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
             self.rows += len(self._buffer)
             self._buffer.clear()
+            self._buffer_bytes = 0
 
     def close(self) -> OutputFile:
         self.flush()

@@ -158,5 +158,9 @@ class ChatTokenCounter:
         if not pairs:
             return []
         texts = [self.render(instruction, output) for instruction, output in pairs]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            # The Rust tokenizer directly, without offsets or Python id lists: 2-3x faster on long traces.
+            return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]

@@ -3,7 +3,10 @@
 - Exact duplicates: same text after normalisation (case, white space, punctuation, and the enumeration
   prefixes scraped problems carry: "Example 3.", "12.", "Problem 4:").
 - Near duplicates: MinHash over word 3-gram shingles with LSH banding; a candidate that shares a band is
-  confirmed only when the estimated Jaccard similarity reaches the threshold. Problems too short to have
+  confirmed only when the estimated Jaccard similarity reaches the threshold AND both problems contain the
+  same numbers. Two problems that differ only in their numbers are different problems with different
+  answers; without the number check, templated story problems of ~0.7 true similarity reached the 0.8
+  MinHash estimate and distinct problems were thrown away (measured on 50k synthetic rows). Problems too short to have
   `min_shingles` shingles are judged by the exact key alone: for "Compute 61 + 38." one changed number
   already moves Jaccard below any sensible threshold, so MinHash says nothing useful there.
   Memory: one 32-bit signature per kept problem plus one dict entry per band (~0.3 GB for 220k problems).
@@ -27,6 +30,7 @@ _ENUM_PREFIX = re.compile(
 )
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _MERSENNE = (1 << 61) - 1
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def normalize(text: str) -> str:
@@ -70,6 +74,7 @@ class NearDuplicateIndex:
         self.shingle_size, self.min_shingles = shingle_size, min_shingles
         self._buckets: dict[int, int] = {}
         self._signatures: list[np.ndarray] = []
+        self._numbers: list[int] = []
 
     def signature(self, shingle_set: set[int]) -> np.ndarray:
         x = np.fromiter(shingle_set, dtype=np.uint64, count=len(shingle_set))
@@ -82,16 +87,22 @@ class NearDuplicateIndex:
         if len(shingle_set) < self.min_shingles:
             return True
         sig = self.signature(shingle_set)
+        numbers = hash(tuple(sorted(_NUMBER.findall(text))))
         band_keys = [
             hash((band, sig[band * self.rows : (band + 1) * self.rows].tobytes()))
             for band in range(self.bands)
         ]
         for key in band_keys:
             other = self._buckets.get(key)
-            if other is not None and np.mean(self._signatures[other] == sig) >= self.threshold:
+            if (
+                other is not None
+                and self._numbers[other] == numbers
+                and np.mean(self._signatures[other] == sig) >= self.threshold
+            ):
                 return False
         index = len(self._signatures)
         self._signatures.append(sig)
+        self._numbers.append(numbers)
         for key in band_keys:
             self._buckets.setdefault(key, index)
         return True

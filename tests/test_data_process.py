@@ -314,3 +314,13 @@ def test_crash_mid_run_leaves_no_manifest_and_rerun_completes(data_process_cfg, 
     monkeypatch.setattr(stage._Processor, "process_batch", original)
     manifest = run(data_process_cfg("batch_size=50", "eval_fraction=0.3"))
     assert read_manifest(out).config_hash == manifest.config_hash
+
+
+def test_near_duplicate_needs_the_same_numbers():
+    from data_process.dedup import NearDuplicateIndex
+
+    index = NearDuplicateIndex(threshold=0.5)
+    story = "Sara has 13 stamps in her big blue album at home. Then Sara gets 32 more from a friend. How many now?"
+    assert index.add_if_new(story)
+    assert not index.add_if_new(story.replace("big blue album", "big album"))  # same numbers: duplicate
+    assert index.add_if_new(story.replace("32", "21"))  # one number changed: a different problem
