@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.artifacts import config_hash
+from core.artifacts import Manifest, OutputFile, atomic_path, config_hash, write_manifest
 
 T = TypeVar("T")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -124,3 +124,39 @@ def hydra_entry(config_name: str, schema: type[T], run: Callable[[T], Any]) -> N
         run(to_typed(cfg, schema))
 
     _main()
+
+
+def write_resolved_config(out_dir: str | Path, cfg: Any, name: str = "config.yaml") -> Path:
+    """The fully resolved config of a stage, next to its outputs, so the run can be reproduced."""
+    path = Path(out_dir) / name
+    with atomic_path(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return path
+
+
+def finish_stage(
+    out_dir: str | Path,
+    cfg: Any,
+    *,
+    stage: str,
+    cfg_hash: str,
+    inputs: dict[str, str],
+    outputs: dict[str, OutputFile],
+    metrics: dict[str, Any],
+    started_at: float,
+    round: int | None = None,
+) -> Manifest:
+    """Every stage ends here: the resolved config.yaml beside the outputs, then the manifest, last."""
+    write_resolved_config(out_dir, cfg)
+    manifest = Manifest(
+        stage=stage,
+        round=round,
+        config_hash=cfg_hash,
+        config=to_dict(cfg),
+        inputs=inputs,
+        outputs=outputs,
+        metrics=metrics,
+        started_at=started_at,
+    )
+    write_manifest(out_dir, manifest)
+    return manifest

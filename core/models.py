@@ -10,8 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from core.chat import ensure_pad_token
 from core.config import ModelConfig
 
@@ -43,13 +41,3 @@ def load_tokenizer(model: ModelConfig) -> Any:
             f"this pipeline formats every example with it"
         )
     return ensure_pad_token(tokenizer)
-
-
-def write_resolved_config(out_dir: str | Path, cfg: Any, name: str = "config.yaml") -> Path:
-    """The fully resolved config of a stage, next to its outputs, so the run can be reproduced."""
-    from core.artifacts import atomic_path
-
-    path = Path(out_dir) / name
-    with atomic_path(path) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    return path

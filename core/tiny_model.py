@@ -21,15 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest, write_manifest
+from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
 from core.chat import THINK_CLOSE, THINK_OPEN, record_to_messages, user_content
 from core.config import (
     MATH_INSTRUCTION_SUFFIX,
+    finish_stage,
     help_field,
     hydra_entry,
     register_schema,
     stage_config_hash,
-    to_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -195,15 +195,16 @@ def run(cfg: TinyModelStageConfig) -> Manifest:
         for p in sorted(Path(d).iterdir())
         if p.is_file()
     }
-    manifest = Manifest(
+    manifest = finish_stage(
+        out,
+        cfg,
         stage="tiny_model",
-        config_hash=chash,
-        config=to_dict(cfg),
+        cfg_hash=chash,
+        inputs={},
         outputs=outputs,
         metrics={"policy_dir": "policy", "reward_model_dir": "reward_model"},
         started_at=started,
     )
-    write_manifest(out, manifest)
     return manifest
 
 

@@ -29,11 +29,10 @@ from core.artifacts import (
     invalidate,
     is_complete,
     read_manifest,
-    write_manifest,
 )
 from core.chat import ChatTokenCounter
-from core.config import stage_config_hash, to_dict
-from core.models import load_tokenizer, write_resolved_config
+from core.config import finish_stage, stage_config_hash
+from core.models import load_tokenizer
 from core.verifier import verify_batch
 from data_process import records, synthetic
 from data_process.config import DataProcessConfig
@@ -76,16 +75,15 @@ def ensure_synthetic_input(cfg: DataProcessConfig) -> Path:
     log.info("generating %d synthetic OpenR1-schema problems into %s", spec.num_problems, out)
     files = synthetic.write_shards(spec, out, shard_rows=spec_cfg.shard_rows)
     outputs = {f.path: f for f in files}
-    write_manifest(
+    finish_stage(
         out,
-        Manifest(
-            stage="synthetic_openr1",
-            config_hash=chash,
-            config=to_dict(spec_cfg),
-            outputs=outputs,
-            metrics={"rows": sum(f.rows or 0 for f in files)},
-            started_at=started,
-        ),
+        spec_cfg,
+        stage="synthetic_openr1",
+        cfg_hash=chash,
+        inputs={},
+        outputs=outputs,
+        metrics={"rows": sum(f.rows or 0 for f in files)},
+        started_at=started,
     )
     return out
 
@@ -340,17 +338,16 @@ def run(cfg: DataProcessConfig) -> Manifest:
         "seconds": round(elapsed, 2),  # reading, filtering, tokenizing, writing (not input generation)
         "rows_per_second": round(processor.rows_read / max(elapsed, 1e-9), 1),
     }
-    write_resolved_config(out, cfg)
-    manifest = Manifest(
+    manifest = finish_stage(
+        out,
+        cfg,
         stage=STAGE,
-        config_hash=chash,
-        config=to_dict(cfg),
+        cfg_hash=chash,
         inputs=inputs,
         outputs=outputs,
         metrics=metrics,
         started_at=started,
     )
-    write_manifest(out, manifest)
     log.info(
         "data_process: %d rows read, %d kept, %d SFT records, %d pairs, %d prompts -> %s",
         processor.rows_read,

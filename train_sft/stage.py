@@ -25,10 +25,9 @@ from core.artifacts import (
     invalidate,
     is_complete,
     read_manifest,
-    write_manifest,
 )
-from core.config import stage_config_hash, to_dict
-from core.models import load_tokenizer, require_model_dir, write_resolved_config
+from core.config import finish_stage, stage_config_hash, write_resolved_config
+from core.models import load_tokenizer, require_model_dir
 from core.training import (
     finalize_generation_config,
     is_main_process,
@@ -268,18 +267,17 @@ def run(cfg: SFTStageConfig) -> Manifest:
         for p in sorted(d.rglob("*"))
         if p.is_file()
     }
-    write_resolved_config(out, cfg)
-    manifest = Manifest(
+    manifest = finish_stage(
+        out,
+        cfg,
         stage=STAGE,
         round=cfg.round,
-        config_hash=chash,
-        config=to_dict(cfg),
+        cfg_hash=chash,
         inputs=inputs,
         outputs=outputs,
         metrics=metrics,
         started_at=started,
     )
-    write_manifest(out, manifest)
     if not cfg.keep_checkpoints:
         remove_dir(out / "checkpoints")  # the manifest now marks the run finished: resume needs them no more
     log.info(
