@@ -153,6 +153,16 @@ class ChatTokenCounter:
         before, between, after = self.parts
         return f"{before}{user}{between}{output}{after}"
 
+    def render_prompt(self, instruction: str, input: str = "") -> str:
+        """The user turn followed by the assistant's generation prompt: what a policy is sampled from."""
+        user = user_content(instruction, input, self.suffix)
+        if self.parts is None:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            )
+        before, between, _ = self.parts
+        return f"{before}{user}{between}"
+
     def count(self, pairs: list[tuple[str, str]]) -> list[int]:
         """Token counts for (instruction, output) pairs."""
         if not pairs:

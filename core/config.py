@@ -53,6 +53,30 @@ class ModelConfig:
         return self.tokenizer_path or self.path
 
 
+PEFT_METHODS = ("none", "lora", "qlora")
+
+
+@dataclass
+class PeftConfig:
+    method: str = help_field(
+        "lora", help="none (full fine-tuning) | lora | qlora (4-bit NF4 base, bitsandbytes)."
+    )
+    r: int = help_field(16, help="LoRA rank.")
+    alpha: int = help_field(32, help="LoRA alpha (scale = alpha / r).")
+    dropout: float = help_field(0.05)
+    target_modules: list[str] = help_field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="Module names to adapt; ['all-linear'] adapts every linear layer but the head.",
+    )
+    merge: bool = help_field(True, help="Also save the adapter merged into the base weights (model/).")
+
+    def __post_init__(self) -> None:
+        if self.method not in PEFT_METHODS:
+            raise ValueError(f"peft.method must be one of {PEFT_METHODS}, got '{self.method}'")
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError("peft.r and peft.alpha must be >= 1")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass (or DictConfig) as a plain dict of plain values."""
     if isinstance(obj, DictConfig):
@@ -92,7 +116,7 @@ def to_typed(cfg: DictConfig | T, schema: type[T]) -> T:
 
 
 # Modules whose import registers a stage schema in Hydra's ConfigStore (see `compose`).
-STAGE_CONFIG_MODULES = ("core.tiny_model", "data_process.config", "train_sft.config")
+STAGE_CONFIG_MODULES = ("core.tiny_model", "data_process.config", "train_sft.config", "reward_model.config")
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:

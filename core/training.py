@@ -71,12 +71,15 @@ def load_pretrained(
     quantize_4bit: bool = False,
     rope_theta: float | None = None,
     max_position_embeddings: int | None = None,
+    config_updates: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """from_pretrained with the overrides long-context and QLoRA training need."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    for key, value in (config_updates or {}).items():
+        setattr(config, key, value)
     if rope_theta is not None:
         rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
         rope["rope_theta"] = rope_theta
@@ -101,6 +104,22 @@ def load_pretrained(
         trust_remote_code=trust_remote_code,
         local_files_only=True,
         **kwargs,
+    )
+
+
+def lora_config(peft: Any, task_type: str) -> Any:
+    """peft's LoraConfig for a PeftConfig (None for full fine-tuning)."""
+    if peft.method == "none":
+        return None
+    from peft import LoraConfig
+
+    target = peft.target_modules
+    return LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.alpha,
+        lora_dropout=peft.dropout,
+        target_modules="all-linear" if list(target) == ["all-linear"] else list(target),
+        task_type=task_type,
     )
 
 
@@ -151,12 +170,12 @@ def finalize_generation_config(model: Any, tokenizer: Any) -> None:
 
 
 def merge_adapter(
-    base_path: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, model_cls: Any
+    base_path: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, model_cls: Any, **kwargs: Any
 ) -> Any:
     """Load the base in full precision (never the 4-bit copy QLoRA trained on), apply the adapter, merge."""
     from peft import PeftModel
 
-    base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True)
+    base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     return merged

@@ -138,3 +138,47 @@ def pytest_collection_modifyitems(config, items):
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def offline_env() -> dict[str, str]:
+    """Environment for stage subprocesses in tests: offline, unbuffered, one thread per process."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def kill_at_checkpoint_then_rerun(cmd: list[str], checkpoint: Path, manifest: Path, timeout: float = 240):
+    """Start `cmd`, SIGKILL its process group once `checkpoint` is fully written, check that no manifest
+    was left, run `cmd` again to completion and return that second run's CompletedProcess."""
+    import signal
+    import subprocess
+    import time
+
+    from core.config import CONF_DIR
+
+    repo = CONF_DIR.parent
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while not (checkpoint / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, f"no {checkpoint.name} within {timeout} s"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing its last file
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not manifest.exists()
+    done = subprocess.run(cmd, cwd=repo, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -4,12 +4,9 @@ bad input caught before a model is loaded, multi-process and DeepSpeed runs, res
 from __future__ import annotations
 
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.artifacts import read_manifest, write_parquet_atomic
 from core.config import CONF_DIR, compose, to_typed
-from tests.conftest import sft_overrides
+from tests.conftest import kill_at_checkpoint_then_rerun, offline_env, sft_overrides
 from train_sft import stage
 from train_sft.config import SFTStageConfig
 from train_sft.data import DataError, mix, prepare, resolve_source
@@ -41,17 +38,6 @@ def sft_cfg(tmp_path, tiny_model, sft_data):
 
 def stage_command(tmp_path, tiny_model, sft_data, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "train_sft", *sft_overrides(tmp_path, tiny_model, sft_data), *overrides]
-
-
-def subprocess_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-    }
 
 
 def prepared_for(cfg: SFTStageConfig, tokenizer):
@@ -283,28 +269,9 @@ def test_resume_after_sigkill_continues_to_the_same_step_count(tmp_path, tiny_mo
         "sft.save_steps=10",
         "sft.per_device_train_batch_size=8",
     )
-    checkpoints = tmp_path / "round_0" / "sft" / "checkpoints"
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    while not (checkpoints / "checkpoint-20" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint-20 within 4 minutes"
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint finish writing its last file
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    manifest_path = tmp_path / "round_0" / "sft" / "manifest.json"
-    assert not manifest_path.exists()
-    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    m = read_manifest(tmp_path / "round_0" / "sft").metrics
+    out = tmp_path / "round_0" / "sft"
+    done = kill_at_checkpoint_then_rerun(cmd, out / "checkpoints" / "checkpoint-20", out / "manifest.json")
+    m = read_manifest(out).metrics
     assert m["resumed_from"] is not None and m["resumed_from"].endswith(("checkpoint-20", "checkpoint-30"))
     assert m["global_step"] == 40
     assert [step for step, _ in m["loss"]["curve"]] == list(range(1, 41))  # one continuous curve
@@ -325,7 +292,7 @@ def _accelerate(config: str, tmp_path, tiny_model, sft_data, *overrides: str) ->
         *sft_overrides(tmp_path, tiny_model, sft_data),
         *overrides,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
@@ -384,7 +351,7 @@ def test_vllm_loads_the_saved_model_and_stops_at_end_of_turn(full_run):
     done = subprocess.run(
         [sys.executable, "-c", VLLM_SCRIPT, str(Path(cfg.output_dir) / "model"), question],
         cwd=REPO,
-        env=subprocess_env(),
+        env=offline_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import ModelConfig, help_field, register_schema
+from core.config import ModelConfig, PeftConfig, help_field, register_schema
 
-PEFT_METHODS = ("none", "lora", "qlora")
 OVERLENGTH = ("drop", "truncate")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
@@ -19,27 +18,6 @@ class DataSource:
     weight: float = help_field(
         1.0, help="Sampling weight: 2.0 repeats the set twice, 0.5 keeps a (seeded) half of it."
     )
-
-
-@dataclass
-class PeftConfig:
-    method: str = help_field(
-        "lora", help="none (full fine-tuning) | lora | qlora (4-bit NF4 base, bitsandbytes)."
-    )
-    r: int = help_field(16, help="LoRA rank.")
-    alpha: int = help_field(32, help="LoRA alpha (scale = alpha / r).")
-    dropout: float = help_field(0.05)
-    target_modules: list[str] = help_field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        help="Module names to adapt; ['all-linear'] adapts every linear layer but the head.",
-    )
-    merge: bool = help_field(True, help="Also save the adapter merged into the base weights (model/).")
-
-    def __post_init__(self) -> None:
-        if self.method not in PEFT_METHODS:
-            raise ValueError(f"peft.method must be one of {PEFT_METHODS}, got '{self.method}'")
-        if self.r < 1 or self.alpha < 1:
-            raise ValueError("peft.r and peft.alpha must be >= 1")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from core.training import (
     is_main_process,
     last_checkpoint,
     load_pretrained,
+    lora_config,
     loss_summary,
     merge_adapter,
     peak_memory_gb,
@@ -95,7 +96,6 @@ def to_dataset(prepared: PreparedData, assistant_mask: bool):
 
 def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, out: Path):
     """The TRL SFTTrainer for this config (also used by tests to inspect the prepared labels)."""
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
@@ -116,16 +116,7 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    peft_config = None
-    if cfg.peft.method != "none":
-        target = cfg.peft.target_modules
-        peft_config = LoraConfig(
-            r=cfg.peft.r,
-            lora_alpha=cfg.peft.alpha,
-            lora_dropout=cfg.peft.dropout,
-            target_modules="all-linear" if target == ["all-linear"] else list(target),
-            task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(cfg.peft, task_type="CAUSAL_LM")
     packing = s.packing if s.packing is not None else attn.startswith("flash_attention")
     assistant_mask = supports_assistant_mask(tokenizer)
     if not assistant_mask:

@@ -1,0 +1,156 @@
+"""Reward-model inputs: preference pairs → token ids, with truncation that never cuts the answer away.
+
+An R1 trace ends with its final answer, so a pair longer than `max_length` keeps the prompt and the END
+of the completion and loses reasoning from the middle (`truncation=middle`); a prompt so long that fewer
+than `min_completion_tokens` of the completion would remain drops the pair instead. Both are counted.
+Sequences are rendered by the policy's chat template exactly as at sampling time (user turn + generation
+prompt + completion + end of turn), so training and scoring see the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from core.artifacts import read_manifest, sha256_file
+from core.chat import ChatTokenCounter
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+class PairsError(ValueError):
+    """The preference pairs are missing, malformed or empty."""
+
+
+@dataclass
+class EncodedPairs:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_pairs(path: str | Path) -> tuple[Path, str]:
+    """(parquet file, identity) for a pairs file or a finished stage directory with a `pairs` output."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise PairsError(f"pairs source {path} has no manifest.json: its stage has not finished")
+        if "pairs" not in manifest.outputs:
+            raise PairsError(
+                f"{path} ({manifest.stage}) has no `pairs` output; it has {sorted(manifest.outputs)}"
+            )
+        return manifest.path_of("pairs", path), manifest.content_hash()
+    if not path.exists():
+        raise PairsError(f"pairs file {path} does not exist")
+    return path, sha256_file(path)
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    names = pq.read_schema(path).names
+    missing = [c for c in PAIR_COLUMNS if c not in names]
+    if missing:
+        raise PairsError(
+            f"{path}: missing column(s) {missing}; pairs need {list(PAIR_COLUMNS)}; found {names}"
+        )
+    rows = pq.read_table(path, columns=[c for c in ("id", *PAIR_COLUMNS) if c in names]).to_pylist()
+    for i, row in enumerate(rows):
+        for c in PAIR_COLUMNS:
+            if not isinstance(row[c], str) or not row[c].strip():
+                raise PairsError(f"{path}: row {i} has an empty or null '{c}'")
+        row.setdefault("id", str(i))
+    if not rows:
+        raise PairsError(f"{path} holds no pairs")
+    return rows
+
+
+def is_eval(pair_id: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.blake2b(f"{seed}\x1f{pair_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class SequenceEncoder:
+    """(prompt, completion) → ids under the chat template, cut in the middle when too long."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        suffix: str,
+        max_length: int,
+        truncation: str,
+        min_completion: int,
+        keep_tail_when_dropped: bool = False,
+    ):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.truncation, self.min_completion = truncation, min_completion
+        # Scoring must give every row a score: where training would drop a sequence, keep its last tokens.
+        self.keep_tail_when_dropped = keep_tail_when_dropped
+        self.renderer = ChatTokenCounter(tokenizer, suffix)
+
+    def encode(
+        self, prompts: list[str], completions: list[str]
+    ) -> tuple[list[list[int] | None], Counter[str]]:
+        """Ids per row (None: dropped), and counts of what was truncated or dropped and why."""
+        prompt_texts = [self.renderer.render_prompt(p) for p in prompts]
+        full_texts = [self.renderer.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        prompt_ids = self.tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+        full_ids = self.tokenizer(full_texts, add_special_tokens=False)["input_ids"]
+        out: list[list[int] | None] = []
+        counts: Counter[str] = Counter()
+        for p_ids, ids in zip(prompt_ids, full_ids, strict=True):
+            if len(ids) <= self.max_length:
+                out.append(ids)
+                continue
+            keep = self.max_length - _common_prefix(p_ids, ids)
+            if self.truncation == "drop" or keep < self.min_completion:
+                if self.keep_tail_when_dropped:
+                    counts["kept_tail"] += 1
+                    out.append(ids[-self.max_length :])
+                    continue
+                counts["dropped_too_long" if self.truncation == "drop" else "dropped_prompt_too_long"] += 1
+                out.append(None)
+                continue
+            counts["truncated_middle"] += 1
+            out.append(ids[: self.max_length - keep] + ids[-keep:])
+        return out, counts
+
+
+def encode_pairs(
+    rows: list[dict[str, Any]], encoder: SequenceEncoder, eval_fraction: float, seed: int
+) -> EncodedPairs:
+    prompts = [r["prompt"] for r in rows]
+    chosen, c_counts = encoder.encode(prompts, [r["chosen"] for r in rows])
+    rejected, r_counts = encoder.encode(prompts, [r["rejected"] for r in rows])
+    train, evaluation, dropped = [], [], 0
+    for row, c, r in zip(rows, chosen, rejected, strict=True):
+        if c is None or r is None:
+            dropped += 1
+            continue
+        example = {"chosen_ids": c, "rejected_ids": r}
+        (evaluation if is_eval(row["id"], eval_fraction, seed) else train).append(example)
+    if not train or not evaluation:
+        raise PairsError(
+            f"{len(rows)} pairs gave {len(train)} train and {len(evaluation)} held-out pairs after {dropped} were "
+            f"dropped as too long; need both. Add pairs, change rm.eval_fraction or raise rm.max_length"
+        )
+    stats = {
+        "pairs_read": len(rows),
+        "pairs_train": len(train),
+        "pairs_eval": len(evaluation),
+        "pairs_dropped": dropped,
+        "sequences": {"chosen": dict(c_counts), "rejected": dict(r_counts)},
+    }
+    return EncodedPairs(train, evaluation, stats)

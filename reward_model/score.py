@@ -1,0 +1,124 @@
+"""Batched reward-model scoring: a parquet of (prompt, completion) rows in, the same rows plus `rm_score` out.
+
+    python -m reward_model.score input=samples.parquet output=scored.parquet \
+        model.path=runs/default/round_0/reward_model/model completion_column=completion
+
+- Sequences are rendered and truncated exactly as in training (chat template, cut in the middle).
+- Rows are sorted by length and packed into batches of at most `batch_tokens` padded tokens, so little
+  compute goes to padding; scores are written back in input order.
+- Work is done in chunks of `chunk_rows` rows, each written atomically to `<output>.parts/`; killed and
+  started again, finished chunks are skipped. The parts are merged into `output` at the end.
+- bf16 on a GPU, float32 on the CPU; meant to run in its own process (e.g. launched by reject_sampling).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from core.artifacts import atomic_path
+from core.config import hydra_entry
+from core.models import load_tokenizer, require_model_dir
+from core.training import resolve_use_cpu
+from reward_model.config import ScoreConfig
+from reward_model.data import SequenceEncoder
+
+log = logging.getLogger(__name__)
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that (rows × longest row) stays within batch_tokens; longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def score_ids(model: Any, ids: list[list[int]], pad_id: int, batch_tokens: int, device: str) -> list[float]:
+    scores = [math.nan] * len(ids)
+    for batch in length_batches([len(x) for x in ids], batch_tokens):
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            attention[row, : len(ids[i])] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, i in enumerate(batch):
+            scores[i] = float(logits[row, 0])
+    return scores
+
+
+def load_scorer(cfg: ScoreConfig) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForSequenceClassification
+
+    require_model_dir(cfg.model.path, "reward model")
+    tokenizer = load_tokenizer(cfg.model)
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    device = "cpu" if use_cpu else "cuda"
+    dtype = torch.float32 if use_cpu else torch.bfloat16
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.model.path, dtype=dtype, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code
+    ).to(device)
+    model.eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, device
+
+
+def run(cfg: ScoreConfig) -> Path:
+    source, output = Path(cfg.input), Path(cfg.output)
+    if not source.exists():
+        raise FileNotFoundError(f"input {source} does not exist")
+    names = pq.read_schema(source).names
+    missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in names]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; found {names} (set prompt_column / completion_column)"
+        )
+    model, tokenizer, device = load_scorer(cfg)
+    encoder = SequenceEncoder(
+        tokenizer, cfg.model.instruction_suffix, cfg.max_length, "middle", 1, keep_tail_when_dropped=True
+    )
+    table = pq.read_table(source)
+    parts_dir = output.with_name(output.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    n_chunks = max(1, math.ceil(table.num_rows / cfg.chunk_rows))
+    for k in tqdm(range(n_chunks), desc="rm_score", unit="chunk", disable=not cfg.progress):
+        part = parts_dir / f"part-{k:05d}.parquet"
+        if part.exists():
+            continue  # finished by an earlier, interrupted run
+        chunk = table.slice(k * cfg.chunk_rows, cfg.chunk_rows)
+        ids, _ = encoder.encode(
+            chunk.column(cfg.prompt_column).to_pylist(), chunk.column(cfg.completion_column).to_pylist()
+        )
+        scores = score_ids(model, ids, tokenizer.pad_token_id, cfg.batch_tokens, device)
+        with atomic_path(part) as tmp:
+            pq.write_table(chunk.append_column("rm_score", pa.array(scores, pa.float64())), tmp)
+    parts = [pq.read_table(parts_dir / f"part-{k:05d}.parquet") for k in range(n_chunks)]
+    with atomic_path(output) as tmp:
+        pq.write_table(pa.concat_tables(parts), tmp, compression="zstd")
+    shutil.rmtree(parts_dir)
+    log.info("rm_score: %d rows scored -> %s", table.num_rows, output)
+    return output
+
+
+if __name__ == "__main__":
+    hydra_entry("rm_score", ScoreConfig, run)

@@ -1,0 +1,223 @@
+"""reward_model: a Bradley-Terry reward model trained with TRL's RewardTrainer.
+
+Validate → encode pairs (chat template, middle truncation, held-out split) → load a one-score
+sequence-classification head on the SFT (or any) model → train, resuming from the last checkpoint →
+evaluate pairwise accuracy and margin on the held-out pairs → save the (merged) model → manifest.
+
+Loss: -log σ(r_chosen - r_rejected - margin), plus the optional reward-centering term, as TRL computes it.
+The pairs reach TRL already tokenized (`chosen_ids` / `rejected_ids`), because TRL's own preparation
+silently drops pairs over max_length, and here long pairs are truncated in the middle and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import Manifest, describe_file, fingerprint_files, invalidate, is_complete, read_manifest
+from core.config import finish_stage, stage_config_hash, write_resolved_config
+from core.models import load_tokenizer, require_model_dir
+from core.training import (
+    is_main_process,
+    last_checkpoint,
+    load_pretrained,
+    lora_config,
+    loss_summary,
+    merge_adapter,
+    peak_memory_gb,
+    remove_dir,
+    resolve_attention,
+    resolve_bf16,
+    resolve_use_cpu,
+    torch_dtype,
+    world_size,
+)
+from reward_model.config import RMStageConfig
+from reward_model.data import EncodedPairs, SequenceEncoder, encode_pairs, read_pairs, resolve_pairs
+
+log = logging.getLogger(__name__)
+STAGE = "reward_model"
+
+
+def load_reward_model(cfg: RMStageConfig, tokenizer: Any, use_cpu: bool, bf16: bool) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    model = load_pretrained(
+        AutoModelForSequenceClassification,
+        cfg.model.path,
+        dtype=torch_dtype(cfg.model.dtype, bf16),
+        attn_implementation=resolve_attention(cfg.rm.attn_implementation, use_cpu),
+        trust_remote_code=cfg.model.trust_remote_code,
+        quantize_4bit=cfg.peft.method == "qlora",
+        config_updates={"num_labels": 1, "pad_token_id": tokenizer.pad_token_id},
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def build_trainer(cfg: RMStageConfig, tokenizer: Any, pairs: EncodedPairs, out: Path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    r = cfg.rm
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    bf16 = resolve_bf16(r.bf16, use_cpu)
+    model = load_reward_model(cfg, tokenizer, use_cpu, bf16)
+
+    def dataset(examples: list[dict[str, Any]]) -> Any:
+        if r.margin:
+            examples = [{**e, "margin": r.margin} for e in examples]
+        return Dataset.from_list(examples)
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
+    args = RewardConfig(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=r.learning_rate,
+        num_train_epochs=r.num_train_epochs,
+        max_steps=r.max_steps,
+        per_device_train_batch_size=r.per_device_train_batch_size,
+        per_device_eval_batch_size=r.per_device_train_batch_size,
+        gradient_accumulation_steps=r.gradient_accumulation_steps,
+        warmup_steps=r.warmup_steps,
+        lr_scheduler_type=r.lr_scheduler_type,
+        weight_decay=r.weight_decay,
+        max_length=r.max_length,
+        center_rewards_coefficient=r.center_rewards_coefficient,
+        gradient_checkpointing=r.gradient_checkpointing,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        seed=r.seed,
+        data_seed=r.seed,
+        logging_steps=r.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=r.eval_steps,
+        save_strategy="steps",
+        save_steps=r.save_steps,
+        save_total_limit=r.save_total_limit,
+        report_to=[x for x in r.report_to if x != "none"],
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+    )
+    return RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset(pairs.train),
+        eval_dataset=dataset(pairs.eval),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.peft, task_type="SEQ_CLS"),
+    )
+
+
+def save_outputs(cfg: RMStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
+    """model/ (merged for LoRA): safetensors + tokenizer + chat template + train_config.yaml; adapter/."""
+    from transformers import AutoModelForSequenceClassification
+
+    dirs: dict[str, Path] = {"model": out / "model"}
+    if cfg.peft.method == "none":
+        trainer.save_model(str(dirs["model"]))
+    else:
+        dirs["adapter"] = out / "adapter"
+        trainer.save_model(str(dirs["adapter"]))
+    if not trainer.is_world_process_zero():
+        return dirs
+    if cfg.peft.method != "none":
+        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.rm.bf16, resolve_use_cpu(cfg.use_cpu)))
+        merged = merge_adapter(
+            cfg.model.path,
+            dirs["adapter"],
+            dirs["model"],
+            dtype,
+            AutoModelForSequenceClassification,
+            num_labels=1,
+        )
+        merged.config.pad_token_id = tokenizer.pad_token_id
+        merged.config.save_pretrained(dirs["model"])
+    tokenizer.save_pretrained(dirs["model"])
+    (dirs["model"] / "training_args.bin").unlink(missing_ok=True)
+    write_resolved_config(dirs["model"], cfg, name="train_config.yaml")
+    return dirs
+
+
+def run(cfg: RMStageConfig) -> Manifest:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    # 1. Inputs, checked before any model is loaded.
+    model_dir = require_model_dir(cfg.model.path, "model")
+    pairs_file, pairs_identity = resolve_pairs(cfg.pairs)
+    tokenizer = load_tokenizer(cfg.model)
+    inputs = {
+        "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
+        "pairs": pairs_identity,
+    }
+    chash = stage_config_hash(cfg)
+    if not cfg.force and is_complete(out, chash, inputs):
+        log.info("reward_model: %s is complete for this config and inputs; skipping", out)
+        return read_manifest(out)  # type: ignore[return-value]
+    r = cfg.rm
+    encoder = SequenceEncoder(
+        tokenizer, cfg.model.instruction_suffix, r.max_length, r.truncation, r.min_completion_tokens
+    )
+    pairs = encode_pairs(read_pairs(pairs_file), encoder, r.eval_fraction, r.seed)
+    if is_main_process():
+        invalidate(out)
+    # 2. Train (resuming), 3. evaluate on the held-out pairs.
+    trainer = build_trainer(cfg, tokenizer, pairs, out)
+    resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
+    if resume_from:
+        log.info("reward_model: resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    evaluation = trainer.evaluate()
+    # 4. Save.
+    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return Manifest(stage=STAGE, config_hash=chash, config={})
+    state = trainer.state
+    metrics = {
+        "eval_accuracy": evaluation.get("eval_accuracy"),
+        "eval_margin": evaluation.get("eval_margin"),
+        "eval_loss": evaluation.get("eval_loss"),
+        "eval_curve": [
+            [h["step"], round(h["eval_accuracy"], 4)] for h in state.log_history if "eval_accuracy" in h
+        ],
+        "train_loss": result.training_loss,
+        "loss": loss_summary(state.log_history),
+        "accuracy": loss_summary(state.log_history, key="accuracy"),
+        "global_step": state.global_step,
+        "resumed_from": resume_from,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "peak_memory": peak_memory_gb(),
+        "processes": world_size(),
+        "data": pairs.stats,
+    }
+    outputs = {
+        f"{name}/{p.relative_to(d).as_posix()}": describe_file(p, out)
+        for name, d in dirs.items()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+    manifest = finish_stage(
+        out,
+        cfg,
+        stage=STAGE,
+        round=cfg.round,
+        cfg_hash=chash,
+        inputs=inputs,
+        outputs=outputs,
+        metrics=metrics,
+        started_at=started,
+    )
+    if not cfg.keep_checkpoints:
+        remove_dir(out / "checkpoints")
+    log.info(
+        "reward_model: %d steps, held-out pairwise accuracy %.3f, margin %.3f; model in %s",
+        state.global_step,
+        metrics["eval_accuracy"] or float("nan"),
+        metrics["eval_margin"] or float("nan"),
+        dirs["model"],
+    )
+    return manifest

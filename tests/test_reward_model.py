@@ -1,0 +1,205 @@
+"""reward_model: middle truncation keeps the answer, bad input fails before a model loads, training writes
+a loadable scorer with held-out metrics, batched scoring returns one finite score per row in input order
+and resumes from its finished chunks, training resumes after SIGKILL."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from core.artifacts import read_manifest
+from core.config import MATH_INSTRUCTION_SUFFIX, ModelConfig, compose, to_typed
+from reward_model import score, stage
+from reward_model.config import RMStageConfig, ScoreConfig
+from reward_model.data import PairsError, SequenceEncoder, encode_pairs, read_pairs
+from tests.conftest import kill_at_checkpoint_then_rerun
+
+ANSWER = "</think> The answer is \\boxed{82}."
+LONG_TRACE = "<think>" + "Let me check this step again. " * 120 + "61+38=99. 99-17=82." + ANSWER
+
+
+def rm_overrides(run_dir: Path, model_dir: str, pairs: Path) -> list[str]:
+    return [
+        f"run_dir={run_dir}",
+        f"model.path={model_dir}",
+        f"pairs={pairs}",
+        "rm.report_to=[none]",
+        "rm.logging_steps=1",
+        "use_cpu=true",
+    ]
+
+
+@pytest.fixture
+def rm_cfg(tmp_path, tiny_model, sft_data):
+    def make(*overrides: str) -> RMStageConfig:
+        base = rm_overrides(tmp_path, tiny_model["policy"], sft_data)
+        return to_typed(compose("reward_model", [*base, *overrides]), RMStageConfig)
+
+    return make
+
+
+@pytest.fixture
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model["policy"])
+
+
+def test_middle_truncation_keeps_prompt_and_final_answer(tokenizer):
+    encoder = SequenceEncoder(
+        tokenizer, MATH_INSTRUCTION_SUFFIX, max_length=120, truncation="middle", min_completion=16
+    )
+    (ids,), counts = encoder.encode(["Compute 61 + 38 - 17."], [LONG_TRACE])
+    assert len(ids) == 120 and counts == {"truncated_middle": 1}
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>user\nCompute 61 + 38 - 17.")
+    assert text.endswith(ANSWER + "<|im_end|>\n")  # the answer and end of turn survive the cut
+    assert "<|im_start|>assistant\n" in text
+
+
+def test_truncation_drop_and_prompt_too_long_are_counted(tokenizer):
+    drop = SequenceEncoder(tokenizer, "", max_length=120, truncation="drop", min_completion=16)
+    (ids,), counts = drop.encode(["Q"], [LONG_TRACE])
+    assert ids is None and counts == {"dropped_too_long": 1}
+    middle = SequenceEncoder(tokenizer, "", max_length=60, truncation="middle", min_completion=16)
+    (ids,), counts = middle.encode(["word " * 50], [LONG_TRACE])
+    assert ids is None and counts == {"dropped_prompt_too_long": 1}
+
+
+def test_pairs_split_by_id_into_train_and_held_out(sft_data, tokenizer):
+    rows = read_pairs(sft_data / "pairs.parquet")
+    encoder = SequenceEncoder(tokenizer, MATH_INSTRUCTION_SUFFIX, 512, "middle", 16)
+    a = encode_pairs(rows, encoder, eval_fraction=0.2, seed=0)
+    b = encode_pairs(list(reversed(rows)), encoder, eval_fraction=0.2, seed=0)
+    assert a.stats["pairs_train"] + a.stats["pairs_eval"] == len(rows)
+    assert 0.1 < a.stats["pairs_eval"] / len(rows) < 0.3
+    assert a.stats["pairs_eval"] == b.stats["pairs_eval"]  # the split depends on ids, not on row order
+
+
+def test_bad_pairs_fail_before_a_model_is_loaded(rm_cfg, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(stage, "build_trainer", refuse)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["q"], "chosen": ["a"]}), bad)
+    with pytest.raises(PairsError, match=r"bad\.parquet: missing column\(s\) \['rejected'\]"):
+        stage.run(rm_cfg(f"pairs={bad}"))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(PairsError, match="has not finished"):
+        stage.run(rm_cfg(f"pairs={tmp_path / 'unfinished'}"))
+    with pytest.raises(FileNotFoundError, match="model directory"):
+        stage.run(rm_cfg("model.path=nowhere/model"))
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tmp_path_factory, tiny_model, sft_data):
+    run_dir = tmp_path_factory.mktemp("rm")
+    overrides = [
+        *rm_overrides(run_dir, tiny_model["policy"], sft_data),
+        "rm.max_steps=20",
+        "rm.eval_steps=10",
+    ]
+    cfg = to_typed(compose("reward_model", overrides), RMStageConfig)
+    return cfg, stage.run(cfg)
+
+
+def test_training_writes_a_scorer_with_held_out_metrics(trained_rm):
+    cfg, manifest = trained_rm
+    m = manifest.metrics
+    assert m["global_step"] == 20
+    assert 0.0 <= m["eval_accuracy"] <= 1.0 and math.isfinite(m["eval_margin"])
+    assert [step for step, _ in m["eval_curve"]] == [10, 20, 20]  # every eval_steps, then the final one
+    assert m["data"]["pairs_train"] > 0 and m["data"]["pairs_eval"] > 0
+    model_dir = Path(cfg.output_dir) / "model"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "train_config.yaml"} <= {
+        p.name for p in model_dir.iterdir()
+    }
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+def _score_cfg(model_dir: Path, src: Path, out: Path, **kw) -> ScoreConfig:
+    return ScoreConfig(
+        input=str(src),
+        output=str(out),
+        model=ModelConfig(path=str(model_dir)),
+        use_cpu=True,
+        progress=False,
+        **kw,
+    )
+
+
+def test_scoring_gives_one_finite_score_per_row_in_input_order(trained_rm, tmp_path):
+    cfg, _ = trained_rm
+    model_dir = Path(cfg.output_dir) / "model"
+    completions = [LONG_TRACE[: 40 + 37 * i] + ANSWER for i in range(23)]
+    src = tmp_path / "samples.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"s{i}" for i in range(23)],
+                "prompt": ["Compute 61 + 38 - 17."] * 23,
+                "completion": completions,
+            }
+        ),
+        src,
+    )
+    out = score.run(_score_cfg(model_dir, src, tmp_path / "scored.parquet", batch_tokens=900, chunk_rows=10))
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "prompt", "completion", "rm_score"]
+    assert table.column("id").to_pylist() == [f"s{i}" for i in range(23)]
+    batched = table.column("rm_score").to_pylist()
+    assert all(math.isfinite(s) for s in batched)
+    # Length-sorted, padded batches must give each row the score it gets alone.
+    model, tok, _ = score.load_scorer(_score_cfg(model_dir, src, out))
+    encoder = SequenceEncoder(tok, MATH_INSTRUCTION_SUFFIX, 8192, "middle", 1, keep_tail_when_dropped=True)
+    for i in (0, 11, 22):
+        (ids,), _ = encoder.encode(["Compute 61 + 38 - 17."], [completions[i]])
+        assert score.score_ids(model, [ids], tok.pad_token_id, 10**6, "cpu")[0] == pytest.approx(
+            batched[i], abs=1e-4
+        )
+
+
+def test_scoring_resumes_from_finished_chunks(trained_rm, tmp_path):
+    cfg, _ = trained_rm
+    src = tmp_path / "samples.parquet"
+    pq.write_table(
+        pa.table(
+            {"prompt": ["Q"] * 5, "completion": [f"<think>{i}</think> \\boxed{{{i}}}" for i in range(5)]}
+        ),
+        src,
+    )
+    out = tmp_path / "scored.parquet"
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir()
+    # A chunk an interrupted run finished earlier (sentinel scores): it must be kept, not recomputed.
+    first = pq.read_table(src).slice(0, 2)
+    pq.write_table(
+        first.append_column("rm_score", pa.array([123.0, 456.0], pa.float64())), parts / "part-00000.parquet"
+    )
+    score.run(_score_cfg(Path(cfg.output_dir) / "model", src, out, chunk_rows=2))
+    scores = pq.read_table(out).column("rm_score").to_pylist()
+    assert scores[:2] == [123.0, 456.0] and len(scores) == 5 and not parts.exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path, tiny_model, sft_data):
+    cmd = [
+        sys.executable,
+        "-m",
+        "reward_model",
+        *rm_overrides(tmp_path, tiny_model["policy"], sft_data),
+        "rm.max_steps=30",
+        "rm.save_steps=10",
+        "rm.eval_steps=100",
+        "rm.per_device_train_batch_size=4",
+    ]
+    out = tmp_path / "round_0" / "reward_model"
+    kill_at_checkpoint_then_rerun(cmd, out / "checkpoints" / "checkpoint-10", out / "manifest.json")
+    m = read_manifest(out).metrics
+    assert m["global_step"] == 30 and m["resumed_from"].endswith(("checkpoint-10", "checkpoint-20"))
