@@ -34,6 +34,8 @@ pip_install -r "$REQ" -c "$constraints"
 if [[ $(basename "$REQ") == requirements.txt ]]; then
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
-pip_install --no-deps -e "$ROOT"
+# compat mode puts the checkout itself on sys.path (a .pth file), so a stage package added later imports
+# without reinstalling; the default editable finder only maps the packages present at install time.
+pip_install --no-deps -e "$ROOT" --config-settings editable_mode=compat
 echo "$want" >"$STAMP"
 echo "[bootstrap] environment ready: $VENV" >&2
