@@ -263,6 +263,16 @@ def describe_file(
     )
 
 
+def describe_dirs(dirs: dict[str, Path], stage_dir: str | os.PathLike) -> dict[str, OutputFile]:
+    """Every file under each named directory (a saved model, an adapter), keyed `<name>/<relative path>`."""
+    return {
+        f"{name}/{p.relative_to(d).as_posix()}": describe_file(p, stage_dir)
+        for name, d in dirs.items()
+        for p in sorted(Path(d).rglob("*"))
+        if p.is_file()
+    }
+
+
 # ---------------------------------------------------------------------------------------------- manifests
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
+from core.artifacts import Manifest, describe_dirs, invalidate, is_complete, read_manifest
 from core.chat import THINK_CLOSE, THINK_OPEN, record_to_messages, user_content
 from core.config import (
     MATH_INSTRUCTION_SUFFIX,
@@ -189,12 +189,7 @@ def run(cfg: TinyModelStageConfig) -> Manifest:
     started = time.time()
     invalidate(out)
     dirs = build(cfg.shape, out)
-    outputs = {
-        f"{name}/{p.name}": describe_file(p, out)
-        for name, d in dirs.items()
-        for p in sorted(Path(d).iterdir())
-        if p.is_file()
-    }
+    outputs = describe_dirs({name: Path(d) for name, d in dirs.items()}, out)
     manifest = finish_stage(
         out,
         cfg,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import Manifest, describe_file, fingerprint_files, invalidate, is_complete, read_manifest
+from core.artifacts import Manifest, describe_dirs, fingerprint_files, invalidate, is_complete, read_manifest
 from core.config import finish_stage, stage_config_hash, write_resolved_config
 from core.models import load_tokenizer, require_model_dir
 from core.training import (
@@ -194,12 +194,7 @@ def run(cfg: RMStageConfig) -> Manifest:
         "processes": world_size(),
         "data": pairs.stats,
     }
-    outputs = {
-        f"{name}/{p.relative_to(d).as_posix()}": describe_file(p, out)
-        for name, d in dirs.items()
-        for p in sorted(d.rglob("*"))
-        if p.is_file()
-    }
+    outputs = describe_dirs(dirs, out)
     manifest = finish_stage(
         out,
         cfg,

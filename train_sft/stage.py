@@ -20,7 +20,7 @@ from typing import Any
 
 from core.artifacts import (
     Manifest,
-    describe_file,
+    describe_dirs,
     fingerprint_files,
     invalidate,
     is_complete,
@@ -252,12 +252,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
         "processes": world_size(),
         "data": prepared.stats,
     }
-    outputs = {
-        f"{name}/{p.relative_to(d).as_posix()}": describe_file(p, out)
-        for name, d in dirs.items()
-        for p in sorted(d.rglob("*"))
-        if p.is_file()
-    }
+    outputs = describe_dirs(dirs, out)
     manifest = finish_stage(
         out,
         cfg,
