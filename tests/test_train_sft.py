@@ -359,3 +359,20 @@ def test_vllm_loads_the_saved_model_and_stops_at_end_of_turn(full_run):
     assert done.returncode == 0, done.stderr[-3000:]
     result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
     assert result.startswith("RESULT stop '<think>") and "\\\\boxed{" in result
+
+
+def test_rope_theta_and_context_overrides_reach_the_model(tiny_model):
+    from core.training import load_pretrained
+
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        tiny_model["policy"],
+        dtype=torch.float32,
+        attn_implementation="sdpa",
+        rope_theta=300000.0,
+        max_position_embeddings=32768,
+    )
+    assert model.config.rope_parameters["rope_theta"] == 300000.0
+    assert model.config.max_position_embeddings == 32768
+    base = AutoModelForCausalLM.from_pretrained(tiny_model["policy"])
+    assert base.config.rope_parameters["rope_theta"] == 10000.0  # the saved model is untouched
