@@ -181,6 +181,38 @@ def merge_adapter(
     return merged
 
 
+def finish_training_stage(
+    out: Path,
+    cfg: Any,
+    dirs: dict[str, Path],
+    *,
+    stage: str,
+    cfg_hash: str,
+    inputs: dict[str, str],
+    metrics: dict[str, Any],
+    started_at: float,
+) -> Any:
+    """The end of every training stage: list the saved model files, write config + manifest (last), then
+    drop the checkpoints, which a finished run no longer needs to resume (unless `keep_checkpoints`)."""
+    from core.artifacts import describe_dirs
+    from core.config import finish_stage
+
+    manifest = finish_stage(
+        out,
+        cfg,
+        stage=stage,
+        round=cfg.round,
+        cfg_hash=cfg_hash,
+        inputs=inputs,
+        outputs=describe_dirs(dirs, out),
+        metrics=metrics,
+        started_at=started_at,
+    )
+    if not cfg.keep_checkpoints:
+        remove_dir(out / "checkpoints")
+    return manifest
+
+
 def remove_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import Manifest, describe_dirs, fingerprint_files, invalidate, is_complete, read_manifest
-from core.config import finish_stage, stage_config_hash, write_resolved_config
+from core.artifacts import Manifest, fingerprint_files, invalidate, is_complete, read_manifest
+from core.config import stage_config_hash, write_resolved_config
 from core.models import load_tokenizer, require_model_dir
 from core.training import (
+    finish_training_stage,
     is_main_process,
     last_checkpoint,
     load_pretrained,
@@ -28,7 +29,6 @@ from core.training import (
     loss_summary,
     merge_adapter,
     peak_memory_gb,
-    remove_dir,
     resolve_attention,
     resolve_bf16,
     resolve_use_cpu,
@@ -194,20 +194,9 @@ def run(cfg: RMStageConfig) -> Manifest:
         "processes": world_size(),
         "data": pairs.stats,
     }
-    outputs = describe_dirs(dirs, out)
-    manifest = finish_stage(
-        out,
-        cfg,
-        stage=STAGE,
-        round=cfg.round,
-        cfg_hash=chash,
-        inputs=inputs,
-        outputs=outputs,
-        metrics=metrics,
-        started_at=started,
+    manifest = finish_training_stage(
+        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
     )
-    if not cfg.keep_checkpoints:
-        remove_dir(out / "checkpoints")
     log.info(
         "reward_model: %d steps, held-out pairwise accuracy %.3f, margin %.3f; model in %s",
         state.global_step,

@@ -20,16 +20,16 @@ from typing import Any
 
 from core.artifacts import (
     Manifest,
-    describe_dirs,
     fingerprint_files,
     invalidate,
     is_complete,
     read_manifest,
 )
-from core.config import finish_stage, stage_config_hash, write_resolved_config
+from core.config import stage_config_hash, write_resolved_config
 from core.models import load_tokenizer, require_model_dir
 from core.training import (
     finalize_generation_config,
+    finish_training_stage,
     is_main_process,
     last_checkpoint,
     load_pretrained,
@@ -37,7 +37,6 @@ from core.training import (
     loss_summary,
     merge_adapter,
     peak_memory_gb,
-    remove_dir,
     resolve_attention,
     resolve_bf16,
     resolve_liger,
@@ -252,20 +251,9 @@ def run(cfg: SFTStageConfig) -> Manifest:
         "processes": world_size(),
         "data": prepared.stats,
     }
-    outputs = describe_dirs(dirs, out)
-    manifest = finish_stage(
-        out,
-        cfg,
-        stage=STAGE,
-        round=cfg.round,
-        cfg_hash=chash,
-        inputs=inputs,
-        outputs=outputs,
-        metrics=metrics,
-        started_at=started,
+    manifest = finish_training_stage(
+        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
     )
-    if not cfg.keep_checkpoints:
-        remove_dir(out / "checkpoints")  # the manifest now marks the run finished: resume needs them no more
     log.info(
         "train_sft: %d steps, loss %.4f -> %.4f, %.0f tokens/s; model in %s",
         state.global_step,
