@@ -39,8 +39,13 @@ class SFTHyperparams:
     packing: bool | None = help_field(
         None,
         help="Pack examples into max_length rows (BFD, padding-free). null = pack when flash attention is in "
-        "use; otherwise batch examples of similar length (packing without varlen kernels computes dense "
-        "attention over the whole packed row and is slower than padding).",
+        "use; otherwise padded batches (packing without varlen kernels computes dense attention over the "
+        "whole packed row and is slower than padding).",
+    )
+    group_by_length: bool = help_field(
+        False,
+        help="Without packing, batch examples of similar length (less padding). Off by default: it makes batches "
+        "homogeneous, and on the synthetic data it slowed learning ~3x (loss 1.27 vs 0.38 after 300 steps).",
     )
     gradient_checkpointing: bool = help_field(True, help="Trade compute for memory (needed at 16k+ tokens).")
     use_liger_kernel: bool = help_field(False, help="Liger fused kernels when `liger-kernel` is installed.")

@@ -138,7 +138,7 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
         truncation_mode="keep_start",
         packing=packing,
         padding_free=packing,
-        train_sampling_strategy="random" if packing else "group_by_length",
+        train_sampling_strategy="group_by_length" if s.group_by_length and not packing else "random",
         assistant_only_loss=assistant_mask,
         gradient_checkpointing=s.gradient_checkpointing,
         use_liger_kernel=resolve_liger(s.use_liger_kernel),
