@@ -126,14 +126,10 @@ def validate_shards(shards: list[Shard], required: tuple[str, ...] = REQUIRED_CO
         validate_schema(shard.path, pq.read_schema(shard.path), required)
 
 
-def iter_rows(
-    shard: Shard, columns: list[str], batch_size: int = 256
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (row index within the shard, row dict) one record batch at a time."""
+def iter_batches(shard: Shard, batch_size: int = 256) -> Iterator[list[dict[str, Any]]]:
+    """The columns data_process reads (required + optional ones present), one record batch of row dicts
+    at a time: memory is bounded by `batch_size`, whatever the shard's size."""
     pf = pq.ParquetFile(shard.path)
-    present = [c for c in columns if c in pf.schema_arrow.names]
-    index = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=present):
-        for row in batch.to_pylist():
-            yield index, row
-            index += 1
+    columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in pf.schema_arrow.names]
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        yield batch.to_pylist()

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from core.artifacts import (
@@ -37,11 +36,10 @@ from core.verifier import verify_batch
 from data_process import records, synthetic
 from data_process.config import DataProcessConfig
 from data_process.dedup import Decontaminator, NearDuplicateIndex, exact_key, read_eval_prompts
-from data_process.openr1 import REQUIRED_COLUMNS, discover_shards, validate_shards
+from data_process.openr1 import discover_shards, iter_batches, validate_shards
 
 log = logging.getLogger(__name__)
 STAGE = "data_process"
-READ_COLUMNS = [*REQUIRED_COLUMNS, "correctness_llama"]
 
 
 def unit_hash(*parts: Any) -> float:
@@ -308,11 +306,9 @@ def run(cfg: DataProcessConfig) -> Manifest:
     try:
         with tqdm(total=total, unit="rows", desc="data_process", disable=not cfg.progress) as bar:
             for shard in shards:
-                pf = pq.ParquetFile(shard.path)
-                columns = [c for c in READ_COLUMNS if c in pf.schema_arrow.names]
-                for batch in pf.iter_batches(batch_size=cfg.batch_size, columns=columns):
-                    processor.process_batch(batch.to_pylist())
-                    bar.update(batch.num_rows)
+                for rows in iter_batches(shard, cfg.batch_size):
+                    processor.process_batch(rows)
+                    bar.update(len(rows))
         outputs = processor.close()
     except BaseException:
         processor.abort()
