@@ -116,7 +116,13 @@ def to_typed(cfg: DictConfig | T, schema: type[T]) -> T:
 
 
 # Modules whose import registers a stage schema in Hydra's ConfigStore (see `compose`).
-STAGE_CONFIG_MODULES = ("core.tiny_model", "data_process.config", "train_sft.config", "reward_model.config")
+STAGE_CONFIG_MODULES = (
+    "core.tiny_model",
+    "data_process.config",
+    "train_sft.config",
+    "reward_model.config",
+    "reject_sampling.config",
+)
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
@@ -139,13 +145,26 @@ def register_schema(name: str, node: type) -> None:
     ConfigStore.instance().store(name=name, node=node)
 
 
-def hydra_entry(config_name: str, schema: type[T], run: Callable[[T], Any]) -> None:
-    """The thin `__main__` of a stage: compose conf/<config_name>.yaml with overrides, type it, run it."""
+def hydra_entry(
+    config_name: str, schema: type[T], run: Callable[[T], Any], sweep_field: str = "output_dir"
+) -> None:
+    """The thin `__main__` of a stage: compose conf/<config_name>.yaml with overrides, type it, run it.
+
+    In a multirun sweep (`-m`) every job gets its own output: `<sweep_field>/sweep_<job number>`, so two
+    learning rates never overwrite each other (the job's overrides are in its config.yaml and manifest).
+    """
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg: DictConfig) -> None:
-        run(to_typed(cfg, schema))
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        typed = to_typed(cfg, schema)
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and hasattr(typed, sweep_field):
+            setattr(typed, sweep_field, f"{getattr(typed, sweep_field)}/sweep_{hydra_cfg.job.num}")
+        run(typed)
 
     _main()
 

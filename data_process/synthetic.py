@@ -6,9 +6,11 @@ level: a 0.56 M-parameter model learns the one-step problems in minutes and the 
 later, so every later stage has room to show learning.
 
 Each problem carries 2–4 DeepSeek-R1-style traces (`<think>` step-by-step reasoning, then a `\\boxed{}`
-answer): correct ones, wrong ones (an arithmetic slip that propagates to the answer) and unfinished ones
-(cut off mid-reasoning, finish reason "length"), with the per-trace flag lists filled in consistently,
-exactly as the real dataset does. The harder the problem, the more often a trace is wrong. A few problems
+answer): correct ones, wrong ones and unfinished ones (cut off mid-reasoning, finish reason "length"), with
+the per-trace flag lists filled in consistently,
+exactly as the real dataset does. The harder the problem, the more often a trace is wrong. Wrong traces
+make the mistakes models make: an arithmetic slip that propagates to the answer, a misread number (an
+operand copied wrongly from the problem, e.g. digits swapped), or stopping before the last operation. A few problems
 are repeated (verbatim, or with an "Example 3." style prefix) the way scraped data repeats itself.
 
 `trace_style="verbose"` pads every reasoning step with R1-like musings so that trace lengths follow the
@@ -103,6 +105,37 @@ def reasoning_steps(problem: Problem, slip_at: int | None = None, slip: int = 0)
     return steps, total
 
 
+def _misread(x: int, rng: random.Random) -> int:
+    """A number copied wrongly: digits swapped when that changes it, else off by a little."""
+    swapped = int(str(x)[::-1])
+    if x >= 10 and swapped != x and x % 10:
+        return swapped
+    return max(1, x + rng.choice([-2, -1, 1, 2, 10]))
+
+
+WRONG_KINDS = ("slip", "misread", "early_stop")
+
+
+def wrong_steps(problem: Problem, rng: random.Random, weights: tuple[float, ...]) -> tuple[list[str], int]:
+    """The reasoning of a wrong trace: a slip, a misread operand or an early stop (see the module doc)."""
+    kind = rng.choices(WRONG_KINDS, weights=weights)[0]
+    if kind == "misread":
+        i = rng.randrange(len(problem.operands))
+        operands = list(problem.operands)
+        operands[i] = _misread(operands[i], rng)
+        steps, final = reasoning_steps(Problem(operands, problem.ops, problem.text, problem.story))
+        if final != problem.answer:
+            return steps, final
+    elif kind == "early_stop" and len(problem.ops) >= 2:
+        steps, _ = reasoning_steps(problem)
+        stop = rng.randrange(1, len(problem.ops))
+        final = _running_totals(problem.operands, problem.ops)[stop]
+        if final != problem.answer:
+            return steps[:stop], final
+    slip = rng.choice([-10, -2, -1, 1, 2, 10])
+    return reasoning_steps(problem, slip_at=rng.randrange(len(problem.ops)), slip=slip)
+
+
 def render_trace(steps: list[str], final: int | None, filler_words: int, rng: random.Random) -> str:
     """`<think>` + steps (+ filler) + `</think>` + boxed answer; `final=None` leaves it unfinished."""
     if filler_words > 0:
@@ -135,6 +168,7 @@ class TraceMix:
     difficulty_penalty: float = 0.12  # p_correct falls by this per extra operation
     p_llama_null: float = 0.15
     p_llama_flip: float = 0.05
+    wrong_kinds: tuple[float, ...] = (0.5, 0.3, 0.2)  # weights of WRONG_KINDS: slip, misread, early_stop
 
 
 def make_row(
@@ -166,8 +200,7 @@ def make_row(
             correct.append(True)
             finish.append("stop")
         else:
-            slip = rng.choice([-10, -2, -1, 1, 2, 10])
-            steps, final = reasoning_steps(problem, slip_at=rng.randrange(len(problem.ops)), slip=slip)
+            steps, final = wrong_steps(problem, rng, mix.wrong_kinds)
             generations.append(render_trace(steps, final, words, rng))
             complete.append(True)
             correct.append(False)

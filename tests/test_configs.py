@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 from core.config import CONF_DIR, compose, stage_config_hash, to_typed
 from core.tiny_model import TinyModelStageConfig
 from data_process.config import DataProcessConfig
+from reject_sampling.config import EvaluateConfig, RejectSamplingConfig, SampleConfig
 from reward_model.config import RMStageConfig, ScoreConfig
 from train_sft.config import SFTStageConfig
 
@@ -17,13 +18,16 @@ SCHEMAS = {
     "train_sft": SFTStageConfig,
     "reward_model": RMStageConfig,
     "rm_score": ScoreConfig,
+    "sample": SampleConfig,
+    "reject_sampling": RejectSamplingConfig,
+    "evaluate": EvaluateConfig,
 }
 # Values a config leaves mandatory (???) and the command line must give.
 REQUIRED = {"rm_score": ["input=a.parquet", "output=b.parquet", "model.path=/models/rm"]}
 PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Hydra groups and the primary config that uses them.
-GROUPS = {"sft": "train_sft", "peft": "train_sft", "rm": "reward_model"}
+GROUPS = {"sft": "train_sft", "peft": "train_sft", "rm": "reward_model", "sampling": "sample"}
 GROUP_OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 ACCELERATE = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
 
@@ -36,7 +40,7 @@ def test_every_primary_config_has_a_schema():
 def test_primary_config_composes_into_its_schema(name):
     cfg = to_typed(compose(name, REQUIRED.get(name, [])), SCHEMAS[name])
     assert isinstance(cfg, SCHEMAS[name])
-    out = getattr(cfg, "output_dir", None) or cfg.output
+    out = getattr(cfg, "output_dir", None) or getattr(cfg, "output", None) or cfg.run_dir
     assert "${" not in str(out), "output paths must resolve to a deterministic path"
 
 

@@ -1,0 +1,97 @@
+"""Scoring of sampled completions: verifier verdict and format check in this process, the reward-model
+score in a child process (reward_model.score), so the policy, the reward model and vLLM never share one
+process's GPU memory. Used by the rejection-sampling stage and by evaluation alike."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from core.artifacts import sha256_text, write_parquet_atomic
+from core.config import ModelConfig
+from core.launch import run_stage_process
+from core.verifier import format_ok, verify_batch
+from reject_sampling.metrics import answer_key
+
+log = logging.getLogger(__name__)
+
+
+def verify_samples(samples: pd.DataFrame, verifier: str, workers: int) -> pd.DataFrame:
+    """Adds `correct` (True / False / None), `format_ok` and `answer_key` (the normalised final answer)."""
+    golds = samples["answer"].tolist()
+    judged = [i for i, g in enumerate(golds) if not pd.isna(g) and str(g).strip()]
+    verdicts: list[bool | None] = [None] * len(samples)
+    completions = samples["completion"].tolist()
+    results = verify_batch(
+        [completions[i] for i in judged],
+        [str(golds[i]) for i in judged],
+        [verifier] * len(judged),
+        workers=workers,
+    )
+    for i, v in zip(judged, results, strict=True):
+        verdicts[i] = v
+    return samples.assign(
+        correct=pd.array(verdicts, dtype="boolean"),
+        format_ok=[format_ok(c) for c in completions],
+        answer_key=[answer_key(c) for c in completions],
+    )
+
+
+def score_with_reward_model(
+    scored_input: Path,
+    output: Path,
+    reward_model: ModelConfig,
+    *,
+    max_length: int,
+    batch_tokens: int,
+    use_cpu: bool | None,
+    progress: bool,
+    log_file: Path | None = None,
+) -> pd.DataFrame:
+    """`rm_score` for every row of `scored_input` (a parquet with prompt and completion), via a child process."""
+    from reward_model.config import ScoreConfig
+
+    if not output.exists():
+        cfg = ScoreConfig(
+            input=str(scored_input),
+            output=str(output),
+            model=reward_model,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            use_cpu=use_cpu,
+            progress=progress,
+        )
+        run_stage_process("reward_model.score:run", "reward_model.config:ScoreConfig", cfg, log_file=log_file)
+    return pd.read_parquet(output)
+
+
+def write_table(df: pd.DataFrame, path: Path):
+    return write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def restart_if_changed(out: Path, key: dict, intermediates: list[str], force: bool = False) -> None:
+    """Intermediate files of an interrupted run are reused only when config and inputs are unchanged.
+
+    `key` (config hash + input identities) is recorded in `out/.progress.json` before any work; when a
+    later run finds a different key (or `force` is set), the listed intermediates (files or directories)
+    are removed first.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / ".progress.json"
+    digest = sha256_text(json.dumps(key, sort_keys=True))
+    if not force and marker.exists() and json.loads(marker.read_text()).get("key") == digest:
+        return
+    for name in intermediates:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if marker.exists():
+        log.info("%s: config or inputs changed since the interrupted run; starting over", out)
+    marker.write_text(json.dumps({"key": digest}))

@@ -1,0 +1,150 @@
+"""The rejection-sampling stage: sample → verify + reward-model score → select.
+
+    python -m reject_sampling round=0                       # after train_sft and reward_model of round 0
+    python -m reject_sampling selection.policy=verified selection.k=2 sampling.n=16
+
+Steps, each resumable on its own, in `runs/<run>/round_<k>/reject_sampling/`:
+1. samples.parquet: N completions per prompt from the round's SFT policy (reject_sampling.sample, in a
+   child process: vLLM when importable, else transformers).
+2. verified.parquet: + `correct` (math verifier vs the gold answer), `format_ok`, `answer_key`.
+3. scored.parquet: + `rm_score` from the round's reward model (reward_model.score, in a child process).
+4. selected.parquet (CoT Alpaca records: the next round's SFT data) and pairs.parquet (best correct vs
+   worst wrong: the next round's reward-model data), then metrics and the manifest, last.
+
+A killed run started again continues from the last finished step (sampling and scoring also resume
+inside their step); a run with a different config or different inputs starts the steps over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core.artifacts import Manifest, describe_file, fingerprint_files, invalidate, is_complete, read_manifest
+from core.chat import ChatTokenCounter
+from core.config import finish_stage, stage_config_hash
+from core.launch import run_stage_process
+from core.models import load_tokenizer, require_model_dir
+from reject_sampling.config import RejectSamplingConfig, SampleConfig
+from reject_sampling.metrics import sample_metrics
+from reject_sampling.prompts import load_prompts
+from reject_sampling.scoring import restart_if_changed, score_with_reward_model, verify_samples, write_table
+from reject_sampling.select import acceptance, make_pairs, select, to_records
+
+log = logging.getLogger(__name__)
+STAGE = "reject_sampling"
+INTERMEDIATES = [
+    "samples.parquet",
+    "samples.parquet.parts",
+    "verified.parquet",
+    "scored.parquet",
+    "scored.parquet.parts",
+]
+
+
+def model_fingerprint(path: str) -> str:
+    return fingerprint_files([p for p in Path(path).iterdir() if p.is_file()])
+
+
+def draw_samples(cfg: RejectSamplingConfig, out: Path) -> Path:
+    path = out / "samples.parquet"
+    if not path.exists():
+        sample_cfg = SampleConfig(
+            run_dir=cfg.run_dir,
+            model=cfg.model,
+            prompts=cfg.prompts,
+            sampling=cfg.sampling,
+            output=str(path),
+            show=0,
+            use_cpu=cfg.use_cpu,
+            progress=cfg.progress,
+        )
+        run_stage_process(
+            "reject_sampling.sample:run",
+            "reject_sampling.config:SampleConfig",
+            sample_cfg,
+            log_file=out / "logs/sample.log",
+        )
+    return path
+
+
+def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFrame:
+    verified_path = out / "verified.parquet"
+    if not verified_path.exists():
+        verified = verify_samples(pd.read_parquet(samples_path), cfg.verifier, cfg.verifier_workers)
+        write_table(verified, verified_path)
+    if not cfg.use_reward_model:
+        return pd.read_parquet(verified_path).assign(rm_score=float("nan"))
+    return score_with_reward_model(
+        verified_path,
+        out / "scored.parquet",
+        cfg.reward_model,
+        max_length=cfg.rm_max_length,
+        batch_tokens=cfg.rm_batch_tokens,
+        use_cpu=cfg.use_cpu,
+        progress=cfg.progress,
+        log_file=out / "logs/rm_score.log",
+    )
+
+
+def run(cfg: RejectSamplingConfig) -> Manifest:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    # At the door: models and prompts exist and are well formed, before anything is loaded.
+    require_model_dir(cfg.model.path, "policy")
+    if cfg.use_reward_model:
+        require_model_dir(cfg.reward_model.path, "reward model")
+    prompts = load_prompts(cfg.prompts)
+    if all(p.answer is None for p in prompts.prompts) and cfg.selection.policy != "rm_threshold":
+        raise ValueError(
+            f"prompts {cfg.prompts.path}: no gold answers in column '{cfg.prompts.answer_column}'; "
+            "the verifier needs them (or use selection.policy=rm_threshold)"
+        )
+    inputs = {
+        "policy": model_fingerprint(cfg.model.path),
+        "prompts": f"{prompts.identity}:{cfg.prompts.split}:{cfg.prompts.max_prompts}",
+    }
+    if cfg.use_reward_model:
+        inputs["reward_model"] = model_fingerprint(cfg.reward_model.path)
+    chash = stage_config_hash(cfg)
+    if not cfg.force and is_complete(out, chash, inputs):
+        log.info("%s: %s is complete for this config and inputs; skipping", STAGE, out)
+        return read_manifest(out)  # type: ignore[return-value]
+    invalidate(out)
+    restart_if_changed(out, {"config": chash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
+
+    samples_path = draw_samples(cfg, out)
+    scored = score(cfg, out, samples_path)
+    scored_file = write_table(scored, out / "scored.parquet")
+
+    kept = select(scored, cfg.selection)
+    counter = ChatTokenCounter(load_tokenizer(cfg.model), cfg.model.instruction_suffix)
+    n_tokens = counter.count(list(zip(kept["prompt"], kept["completion"], strict=True)))
+    source = {p.id: p.source or "unknown" for p in prompts.prompts}
+    records = to_records(kept, n_tokens, sources=[source[i] for i in kept["id"]])
+    outputs = {
+        "samples": describe_file(samples_path, out),
+        "scored": scored_file,
+        "selected": write_table(records, out / "selected.parquet"),
+    }
+    pairs = make_pairs(scored)
+    if cfg.selection.pairs:
+        outputs["pairs"] = write_table(pairs, out / "pairs.parquet")
+    metrics = {
+        **sample_metrics(scored, cfg.maj_ks or None),
+        **acceptance(scored, kept),
+        "pairs": len(pairs),
+        "policy": cfg.model.name,
+    }
+    log.info(
+        "%s round %d: pass@1 %.3f, %d prompts -> %d selected records, %d pairs (%s)",
+        STAGE, cfg.round, metrics["pass@1"], metrics["prompts"], len(records), len(pairs), out,
+    )  # fmt: skip
+    (out / "verified.parquet").unlink(missing_ok=True)  # scored.parquet holds the same rows and more
+    return finish_stage(
+        out, cfg, stage=STAGE, cfg_hash=chash, inputs=inputs, outputs=outputs, metrics=metrics,
+        started_at=started, round=cfg.round,
+    )  # fmt: skip

@@ -1,0 +1,356 @@
+"""Rejection sampling: metrics against hand-computed values, selection policies and pairs on hand-made
+scored samples with known answers, verification of samples, and the whole stage on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.config import compose, to_typed
+from reject_sampling.config import SelectionConfig
+from reject_sampling.metrics import (
+    answer_key,
+    default_ks,
+    maj_at_k,
+    majority_correct,
+    pass_at_k,
+    sample_metrics,
+)
+from reject_sampling.scoring import restart_if_changed, verify_samples
+from reject_sampling.select import PAIR_COLUMNS, SELECTED_COLUMNS, acceptance, make_pairs, select, to_records
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def trace(answer: str, think: str = "1+1=2.") -> str:
+    return f"<think>{think}</think> The answer is \\boxed{{{answer}}}."
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (4, 0, 1, 0.0),
+        (4, 1, 1, 0.25),
+        (4, 1, 2, 1 - 3 / 6),  # 1 - C(3,2)/C(4,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (4, 3, 2, 1.0),  # fewer than k wrong samples: some draw of k always holds a correct one
+        (4, 4, 4, 1.0),
+    ],
+)
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_needs_k_samples():
+    with pytest.raises(ValueError, match="pass@8 needs at least 8"):
+        pass_at_k(4, 1, 8)
+
+
+def test_majority_vote_counts_answers_and_breaks_ties_by_first_seen():
+    assert majority_correct(["5", "5", "7", None], [True, True, False, False])
+    assert not majority_correct(["7", "5"], [False, True])  # tie: the first answer seen wins
+    assert not majority_correct([None, None], [False, False])  # nobody voted
+    assert majority_correct([None, "3", "4", "3"], [False, True, False, True])
+    # maj@2 over 4 samples = mean over the groups [5, 5] (right) and [7, None] (wrong)
+    assert maj_at_k(["5", "5", "7", None], [True, True, False, False], 2) == 0.5
+
+
+def test_answer_key_normalises_the_final_answer():
+    assert answer_key(trace("1 2")) == "12"
+    assert answer_key(trace("42.")) == "42"
+    assert answer_key("<think>unfinished 3+4=") is None
+
+
+def test_default_ks():
+    assert default_ks(1) == [1]
+    assert default_ks(4) == [1, 2, 4]
+    assert default_ks(6) == [1, 2, 4, 6]
+
+
+def scored_samples() -> pd.DataFrame:
+    """Two prompts, four samples each, with verdicts, reward scores and lengths chosen by hand.
+
+    p1 (gold 12): correct, correct, wrong (7), truncated; reward model prefers the wrong one.
+    p2 (gold 5):  wrong (4), wrong (4), correct, correct.
+    """
+    rows = [
+        ("p1", 0, trace("12"), "stop", 10, True, 0.1),
+        ("p1", 1, trace("12", "2+10=12."), "stop", 12, True, 0.5),
+        ("p1", 2, trace("7"), "stop", 8, False, 0.9),
+        ("p1", 3, "<think>2+10=", "length", 20, False, -1.0),
+        ("p2", 0, trace("4"), "stop", 6, False, 0.2),
+        ("p2", 1, trace("4"), "stop", 6, False, -0.3),
+        ("p2", 2, trace("5"), "stop", 7, True, 0.0),
+        ("p2", 3, trace("5", "2+3=5."), "stop", 9, True, 0.4),
+    ]
+    df = pd.DataFrame(
+        rows, columns=["id", "sample_idx", "completion", "finish_reason", "n_tokens", "correct", "rm_score"]
+    )
+    prompt = {"p1": "What is 2 + 10?", "p2": "What is 2 + 3?"}
+    gold = {"p1": "12", "p2": "5"}
+    return df.assign(
+        prompt=df["id"].map(prompt),
+        answer=df["id"].map(gold),
+        correct=df["correct"].astype("boolean"),
+        format_ok=[c.endswith("}.") for c in df["completion"]],
+        answer_key=[answer_key(c) for c in df["completion"]],
+    )
+
+
+def test_sample_metrics_match_hand_computed_values():
+    m = sample_metrics(scored_samples())
+    assert m["prompts"] == 2 and m["samples"] == 8 and m["samples_per_prompt"] == 4
+    assert m["pass@1"] == pytest.approx(0.5)  # 2/4 on both prompts
+    assert m["pass@2"] == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2) on both
+    # maj@2: p1 groups [12, 12] right, [7, none] wrong -> 0.5; p2 [4, 4] wrong, [5, 5] right -> 0.5
+    assert m["maj@2"] == pytest.approx(0.5)
+    # maj@4: p1 12 (2 votes) beats 7 -> right; p2 4 and 5 tie at 2, 4 seen first -> wrong
+    assert m["maj@4"] == pytest.approx(0.5)
+    # best-of-N: p1's top score (0.9) is the wrong 7; p2's top (0.4) is a correct 5
+    assert m["best_of_n_rm"] == pytest.approx(0.5)
+    assert m["truncation_rate"] == pytest.approx(1 / 8)
+    assert m["always_solved_rate"] == 0.0 and m["never_solved_rate"] == 0.0
+    assert m["completion_tokens"]["mean"] == pytest.approx(78 / 8) and m["completion_tokens"]["max"] == 20
+    assert m["format_ok_rate"] == pytest.approx(7 / 8)
+
+
+def test_unverifiable_samples_count_as_not_correct():
+    df = scored_samples()
+    df.loc[df["id"] == "p2", "correct"] = pd.NA
+    m = sample_metrics(df)
+    assert m["pass@1"] == pytest.approx(0.25)
+    assert m["unverifiable_rate"] == pytest.approx(0.5)
+
+
+def test_metrics_refuse_uneven_sample_counts():
+    with pytest.raises(ValueError, match="different sample counts"):
+        sample_metrics(scored_samples().iloc[:-1])
+
+
+# --------------------------------------------------------------------------------------------- selection
+
+
+def test_best_of_n_keeps_the_highest_scored_correct_sample():
+    kept = select(scored_samples(), SelectionConfig())
+    assert kept[["id", "sample_idx"]].values.tolist() == [["p1", 1], ["p2", 3]]
+
+
+def test_verified_keeps_up_to_k_distinct_correct_samples():
+    df = scored_samples()
+    df.loc[(df["id"] == "p2") & (df["sample_idx"] == 3), "completion"] = df.loc[
+        (df["id"] == "p2") & (df["sample_idx"] == 2), "completion"
+    ].iloc[0]  # a duplicate of sample 2
+    kept = select(df, SelectionConfig(policy="verified", k=2))
+    assert kept[["id", "sample_idx"]].values.tolist() == [["p1", 0], ["p1", 1], ["p2", 2]]
+
+
+def test_rm_threshold_ignores_the_verifier_but_not_format_or_truncation():
+    kept = select(scored_samples(), SelectionConfig(policy="rm_threshold", threshold=0.3, k=4))
+    assert kept[["id", "sample_idx"]].values.tolist() == [["p1", 2], ["p1", 1], ["p2", 3]]
+
+
+def test_drop_always_solved_and_truncated_and_format():
+    df = scored_samples()
+    df.loc[df["id"] == "p2", "correct"] = True
+    df.loc[(df["id"] == "p2"), "format_ok"] = True
+    kept = select(df, SelectionConfig(policy="verified", k=4, drop_always_solved=True))
+    assert set(kept["id"]) == {"p1"}
+    df.loc[(df["id"] == "p1") & (df["sample_idx"] == 3), "correct"] = True  # truncated and "correct"
+    kept = select(df, SelectionConfig(policy="verified", k=4))
+    assert 3 not in kept[kept["id"] == "p1"]["sample_idx"].tolist()
+    kept = select(df, SelectionConfig(policy="verified", k=4, drop_truncated=False, require_format=False))
+    assert 3 in kept[kept["id"] == "p1"]["sample_idx"].tolist()
+
+
+def test_pairs_are_best_correct_against_worst_wrong():
+    pairs = make_pairs(scored_samples())
+    assert list(pairs.columns) == PAIR_COLUMNS
+    by_id = pairs.set_index("id")
+    samples = scored_samples().set_index(["id", "sample_idx"])["completion"]
+    assert (
+        by_id.loc["p1", "chosen"] == samples[("p1", 1)] and by_id.loc["p1", "rejected"] == samples[("p1", 3)]
+    )
+    assert (
+        by_id.loc["p2", "chosen"] == samples[("p2", 3)] and by_id.loc["p2", "rejected"] == samples[("p2", 1)]
+    )
+    assert by_id.loc["p1", "prompt"] == "What is 2 + 10?"
+
+
+def test_no_pair_without_a_judged_wrong_sample():
+    df = scored_samples()
+    df.loc[(df["id"] == "p2") & (~df["correct"].fillna(False)), "correct"] = pd.NA
+    assert make_pairs(df)["id"].tolist() == ["p1"]
+
+
+def test_selected_records_have_the_sft_columns():
+    df = scored_samples()
+    kept = select(df, SelectionConfig())
+    records = to_records(kept, [31, 32], sources=["amc", "synthetic"])
+    assert list(records.columns) == SELECTED_COLUMNS
+    assert records["instruction"].tolist() == ["What is 2 + 10?", "What is 2 + 3?"]
+    assert records["input"].tolist() == ["", ""] and records["n_tokens"].tolist() == [31, 32]
+    assert records["source"].tolist() == ["amc", "synthetic"] and records["sample_idx"].tolist() == [1, 3]
+    assert acceptance(df, kept) == {
+        "selected_records": 2,
+        "selected_prompts": 2,
+        "acceptance_rate": 1.0,
+        "sample_acceptance_rate": 0.25,
+    }
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def test_verify_samples_judges_against_the_gold_and_skips_missing_golds():
+    df = pd.DataFrame(
+        {
+            "completion": [trace("12"), trace("13"), "<think>12", trace("\\frac{1}{2}"), trace("3")],
+            "answer": ["12", "12", "12", "0.5", None],
+        }
+    )
+    out = verify_samples(df, "math", workers=0)
+    assert out["correct"].astype(object).where(out["correct"].notna(), None).tolist() == [
+        True,
+        False,
+        False,
+        True,
+        None,
+    ]
+    assert out["format_ok"].tolist() == [True, True, False, True, True]
+    assert out["answer_key"].fillna("-").tolist() == ["12", "13", "-", "\\frac{1}{2}", "3"]
+
+
+def test_restart_if_changed_removes_intermediates_unless_the_same_run_left_them(tmp_path):
+    names = ["samples.parquet", "samples.parquet.parts"]
+    (tmp_path / "samples.parquet").write_text("x")
+    restart_if_changed(tmp_path, {"config": "a"}, names)
+    assert not (tmp_path / "samples.parquet").exists()  # no record of who wrote it: not trusted
+    (tmp_path / "samples.parquet").write_text("x")
+    (tmp_path / "samples.parquet.parts").mkdir()
+    restart_if_changed(tmp_path, {"config": "a"}, names)
+    assert (tmp_path / "samples.parquet").exists() and (tmp_path / "samples.parquet.parts").exists()
+    restart_if_changed(tmp_path, {"config": "b"}, names)
+    assert not (tmp_path / "samples.parquet").exists() and not (tmp_path / "samples.parquet.parts").exists()
+    (tmp_path / "samples.parquet").write_text("x")
+    restart_if_changed(tmp_path, {"config": "b"}, names, force=True)
+    assert not (tmp_path / "samples.parquet").exists()
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+@pytest.fixture(scope="module")
+def prompt_dir(tmp_path_factory, tiny_model):
+    """A finished data_process output (prompts with gold answers) on the tiny tokenizer."""
+    from data_process.config import DataProcessConfig
+    from data_process.stage import run as data_run
+
+    run_dir = tmp_path_factory.mktemp("rs_run")
+    over = [
+        f"run_dir={run_dir}",
+        f"model.path={tiny_model['policy']}",
+        "progress=false",
+        "synthetic.num_problems=60",
+    ]
+    data_run(to_typed(compose("data_process", over), DataProcessConfig))
+    return run_dir
+
+
+def rs_cfg(run_dir: Path, tiny_model: dict[str, str], *extra: str):
+    from reject_sampling.config import RejectSamplingConfig
+
+    over = [
+        f"run_dir={run_dir}",
+        f"model.path={tiny_model['policy']}",
+        f"reward_model.path={tiny_model['reward_model']}",
+        "prompts.max_prompts=12",
+        "sampling.backend=hf",
+        "sampling.n=2",
+        "sampling.max_new_tokens=24",
+        "progress=false",
+        "use_cpu=true",
+        *extra,
+    ]
+    return to_typed(compose("reject_sampling", over), RejectSamplingConfig)
+
+
+@pytest.mark.slow
+def test_stage_samples_scores_selects_and_skips_when_complete(prompt_dir, tiny_model):
+    from core.artifacts import read_manifest
+    from reject_sampling.stage import run
+
+    # An untrained policy is never right, so keep by reward-model score alone to exercise the whole path.
+    cfg = rs_cfg(prompt_dir, tiny_model, "selection.policy=rm_threshold", "selection.threshold=-1e9",
+                 "selection.require_format=false", "selection.drop_truncated=false", "selection.k=1")  # fmt: skip
+    manifest = run(cfg)
+    out = Path(cfg.output_dir)
+    scored = pd.read_parquet(out / "scored.parquet")
+    assert len(scored) == 24 and scored.groupby("id").size().eq(2).all()
+    assert {"id", "prompt", "answer", "sample_idx", "completion", "finish_reason", "n_tokens", "policy",
+            "correct", "format_ok", "answer_key", "rm_score"} <= set(scored.columns)  # fmt: skip
+    assert scored["rm_score"].map(math.isfinite).all() and scored["correct"].notna().all()
+    selected = pd.read_parquet(out / "selected.parquet")
+    assert (
+        list(selected.columns) == SELECTED_COLUMNS and len(selected) == 12
+    )  # the best-scored sample per prompt
+    best = scored.sort_values(["id", "rm_score"], ascending=[True, False]).groupby("id").head(1)
+    assert sorted(zip(selected["id"], selected["output"], strict=True)) == sorted(
+        zip(best["id"], best["completion"], strict=True)
+    )
+    assert manifest.metrics["prompts"] == 12 and manifest.metrics["pass@1"] == 0.0
+    assert set(manifest.outputs) == {"samples", "scored", "selected", "pairs"}
+    assert not (out / "verified.parquet").exists()
+    finished = read_manifest(out).finished_at
+    assert run(cfg).finished_at == finished  # complete for this config and inputs: skipped
+
+    # A different config does not reuse the old samples.
+    cfg3 = rs_cfg(prompt_dir, tiny_model, "sampling.n=3", "selection.policy=verified")
+    manifest = run(cfg3)
+    assert manifest.metrics["samples"] == 36 and manifest.outputs["selected"].rows == 0
+
+
+def test_stage_checks_its_inputs_before_loading_anything(prompt_dir, tiny_model, tmp_path):
+    from reject_sampling.stage import run
+
+    with pytest.raises(FileNotFoundError, match="policy"):
+        run(rs_cfg(prompt_dir, tiny_model, f"model.path={tmp_path}/nope"))
+    questions = tmp_path / "q.txt"
+    questions.write_text("What is 1 + 1?\nWhat is 2 + 2?\n")
+    with pytest.raises(ValueError, match="no gold answers"):
+        run(rs_cfg(prompt_dir, tiny_model, f"prompts.path={questions}", "prompts.split=null"))
+    with pytest.raises(ValueError, match="needs reward-model scores"):
+        rs_cfg(prompt_dir, tiny_model, "use_reward_model=false")
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics(prompt_dir, tiny_model):
+    from reject_sampling.config import EvaluateConfig
+    from reject_sampling.evaluate import run
+
+    over = [
+        f"run_dir={prompt_dir}",
+        f"model.path={tiny_model['policy']}",
+        "name=untrained",
+        "sampling.backend=hf",
+        "sampling.n=4",
+        "sampling.max_new_tokens=16",
+        "prompts.max_prompts=6",
+        "progress=false",
+        "use_cpu=true",
+    ]
+    metrics = run(to_typed(compose("evaluate", over), EvaluateConfig))
+    out = Path(prompt_dir) / "eval" / "untrained"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["prompts"] == 6 and metrics["samples_per_prompt"] == 4
+    assert {"pass@1", "pass@2", "pass@4", "maj@2", "maj@4", "greedy_accuracy", "truncation_rate"} <= set(
+        metrics
+    )
+    assert "| pass@1 |" in (out / "metrics.md").read_text()
+    assert len(pd.read_parquet(out / "greedy.parquet")) == 6
