@@ -1,23 +1,14 @@
 #!/usr/bin/env bash
-# The whole pipeline on the small offline default, from a bare machine:
-#   bash train.sh                      # no arguments: offline synthetic data + tiny model, CPU, minutes
-#   bash train.sh run_name=try2        # overrides every stage's config knows (run_name, model=...)
-# Re-running the same command resumes: stages whose manifest matches their config and inputs are skipped.
+# The whole pipeline, from a bare machine: environment -> tiny model + offline data -> rounds of
+# (SFT -> reward model -> rejection sampling) -> GRPO -> evaluation -> report (runs/<run_name>/report/).
+#   bash train.sh                                    # no arguments: offline default (CPU, minutes)
+#   bash train.sh rounds=3 train_sft.sft.max_steps=800 reject_sampling.sampling.n=8
+#   bash train.sh experiment=qwen2.5-1.5b_lora_16k model_path=/models/Qwen2.5-1.5B-Instruct \
+#       input_dir=/data/OpenR1-Math-220k
+#   bash train.sh -m train_sft.sft.learning_rate=1e-3,3e-3   # a sweep: runs/default/sweep_<n>
+# Arguments are Hydra overrides of conf/pipeline.yaml. Re-running the same command resumes: finished stages
+# (manifest matches config and inputs) are skipped, the interrupted one resumes from its checkpoint.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-
-# 1. Environment: create or reuse .venv from requirements.txt (first time ~3 min, then ~1 s).
-source scripts/activate.sh
-
-# 2. Data (~20 s): build the tiny offline model, then synthetic OpenR1 -> SFT records / pairs / prompts.
-bash data_preprocess.sh "$@"
-
-# 3. Round-0 SFT (~1 min on 2 cores): full fine-tuning of the tiny model on the verified R1 traces.
-bash scripts/sft.sh "$@"
-
-# Next stages, in DESIGN.md's order: reward_model -> reject_sampling rounds -> grpo -> evaluation ->
-# report. Each joins this script as it lands; the README's "Status" says which have.
-run_dir="runs/$(printf '%s\n' "$@" | sed -n 's/^run_name=//p' | tail -n 1)"
-[[ $run_dir != runs/ ]] || run_dir=runs/default
-python -m core.show_manifest "$run_dir/data"
-python -m core.show_manifest "$run_dir/round_0/sft"
+source scripts/activate.sh   # create or reuse .venv (first time ~3 min, then ~1 s), offline variables
+exec python -m pipeline "$@"

@@ -122,6 +122,7 @@ STAGE_CONFIG_MODULES = (
     "train_sft.config",
     "reward_model.config",
     "reject_sampling.config",
+    "grpo.config",
 )
 
 
@@ -132,9 +133,13 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     for module in STAGE_CONFIG_MODULES:
         importlib.import_module(module)
+    if GlobalHydra.instance().is_initialized():
+        # Inside a Hydra app (the pipeline's __main__), whose search path is this same conf/ directory.
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 

@@ -22,12 +22,15 @@ import pandas as pd
 from core.artifacts import describe_file, invalidate, is_complete, read_manifest, write_json_atomic
 from core.config import finish_stage, hydra_entry, stage_config_hash
 from core.launch import run_stage_process
-from core.models import require_model_dir
 from reject_sampling.config import EvaluateConfig, SampleConfig
 from reject_sampling.metrics import metrics_markdown, sample_metrics
-from reject_sampling.prompts import load_prompts
-from reject_sampling.scoring import restart_if_changed, score_with_reward_model, verify_samples, write_table
-from reject_sampling.stage import model_fingerprint
+from reject_sampling.scoring import (
+    check_inputs,
+    restart_if_changed,
+    score_with_reward_model,
+    verify_samples,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -62,20 +65,7 @@ def draw(cfg: EvaluateConfig, out: Path, name: str, greedy: bool) -> Path:
 def run(cfg: EvaluateConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
-    require_model_dir(cfg.model.path, "policy")
-    if cfg.use_reward_model:
-        require_model_dir(cfg.reward_model.path, "reward model")
-    prompts = load_prompts(cfg.prompts)
-    if all(p.answer is None for p in prompts.prompts):
-        raise ValueError(
-            f"prompts {cfg.prompts.path}: no gold answers in column '{cfg.prompts.answer_column}'"
-        )
-    inputs = {
-        "policy": model_fingerprint(cfg.model.path),
-        "prompts": f"{prompts.identity}:{cfg.prompts.split}:{cfg.prompts.max_prompts}",
-    }
-    if cfg.use_reward_model:
-        inputs["reward_model"] = model_fingerprint(cfg.reward_model.path)
+    _, inputs = check_inputs(cfg, needs_gold=True)
     chash = stage_config_hash(cfg)
     if not cfg.force and is_complete(out, chash, inputs):
         log.info("%s: %s is complete for this config and inputs; skipping", STAGE, out)

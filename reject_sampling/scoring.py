@@ -8,15 +8,18 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from core.artifacts import sha256_text, write_parquet_atomic
+from core.artifacts import fingerprint_files, sha256_text, write_parquet_atomic
 from core.config import ModelConfig
 from core.launch import run_stage_process
+from core.models import require_model_dir
 from core.verifier import format_ok, verify_batch
 from reject_sampling.metrics import answer_key
+from reject_sampling.prompts import PromptSet, load_prompts
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,32 @@ def score_with_reward_model(
         )
         run_stage_process("reward_model.score:run", "reward_model.config:ScoreConfig", cfg, log_file=log_file)
     return pd.read_parquet(output)
+
+
+def check_inputs(cfg: Any, needs_gold: bool) -> tuple[PromptSet, dict[str, str]]:
+    """At the door of the stage and of evaluation, before any model loads: the model directories exist,
+    the prompts are well formed (and have gold answers when the verifier needs them). Returns the prompts
+    and the identities of the inputs, for the manifest and the skip check."""
+    require_model_dir(cfg.model.path, "policy")
+    if cfg.use_reward_model:
+        require_model_dir(cfg.reward_model.path, "reward model")
+    prompts = load_prompts(cfg.prompts)
+    if needs_gold and all(p.answer is None for p in prompts.prompts):
+        raise ValueError(
+            f"prompts {cfg.prompts.path}: no gold answers in column '{cfg.prompts.answer_column}'; "
+            "the verifier needs them"
+        )
+    inputs = {
+        "policy": model_fingerprint(cfg.model.path),
+        "prompts": f"{prompts.identity}:{cfg.prompts.split}:{cfg.prompts.max_prompts}",
+    }
+    if cfg.use_reward_model:
+        inputs["reward_model"] = model_fingerprint(cfg.reward_model.path)
+    return prompts, inputs
+
+
+def model_fingerprint(path: str) -> str:
+    return fingerprint_files([p for p in Path(path).iterdir() if p.is_file()])
 
 
 def write_table(df: pd.DataFrame, path: Path):

@@ -23,15 +23,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.artifacts import Manifest, describe_file, fingerprint_files, invalidate, is_complete, read_manifest
+from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
 from core.chat import ChatTokenCounter
 from core.config import finish_stage, stage_config_hash
 from core.launch import run_stage_process
-from core.models import load_tokenizer, require_model_dir
+from core.models import load_tokenizer
 from reject_sampling.config import RejectSamplingConfig, SampleConfig
 from reject_sampling.metrics import sample_metrics
-from reject_sampling.prompts import load_prompts
-from reject_sampling.scoring import restart_if_changed, score_with_reward_model, verify_samples, write_table
+from reject_sampling.scoring import (
+    check_inputs,
+    restart_if_changed,
+    score_with_reward_model,
+    verify_samples,
+    write_table,
+)
 from reject_sampling.select import acceptance, make_pairs, select, to_records
 
 log = logging.getLogger(__name__)
@@ -43,10 +48,6 @@ INTERMEDIATES = [
     "scored.parquet",
     "scored.parquet.parts",
 ]
-
-
-def model_fingerprint(path: str) -> str:
-    return fingerprint_files([p for p in Path(path).iterdir() if p.is_file()])
 
 
 def draw_samples(cfg: RejectSamplingConfig, out: Path) -> Path:
@@ -94,21 +95,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
     started = time.time()
     out = Path(cfg.output_dir)
     # At the door: models and prompts exist and are well formed, before anything is loaded.
-    require_model_dir(cfg.model.path, "policy")
-    if cfg.use_reward_model:
-        require_model_dir(cfg.reward_model.path, "reward model")
-    prompts = load_prompts(cfg.prompts)
-    if all(p.answer is None for p in prompts.prompts) and cfg.selection.policy != "rm_threshold":
-        raise ValueError(
-            f"prompts {cfg.prompts.path}: no gold answers in column '{cfg.prompts.answer_column}'; "
-            "the verifier needs them (or use selection.policy=rm_threshold)"
-        )
-    inputs = {
-        "policy": model_fingerprint(cfg.model.path),
-        "prompts": f"{prompts.identity}:{cfg.prompts.split}:{cfg.prompts.max_prompts}",
-    }
-    if cfg.use_reward_model:
-        inputs["reward_model"] = model_fingerprint(cfg.reward_model.path)
+    prompts, inputs = check_inputs(cfg, needs_gold=cfg.selection.policy != "rm_threshold")
     chash = stage_config_hash(cfg)
     if not cfg.force and is_complete(out, chash, inputs):
         log.info("%s: %s is complete for this config and inputs; skipping", STAGE, out)

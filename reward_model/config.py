@@ -67,6 +67,9 @@ class RMStageConfig:
     pairs: str = help_field(
         "${run_dir}/data", help="Pairs parquet, or a finished stage directory whose manifest has `pairs`."
     )
+    extra_pairs: list[str] = help_field(
+        [], help="More pairs sources added to `pairs` (e.g. the previous round's on-policy pairs)."
+    )
     rm: RMHyperparams = field(default_factory=RMHyperparams)
     peft: PeftConfig = field(default_factory=lambda: PeftConfig(method="none", merge=False))
     use_cpu: bool | None = help_field(None, hashed=False)

@@ -147,11 +147,11 @@ def run(cfg: RMStageConfig) -> Manifest:
     out = Path(cfg.output_dir)
     # 1. Inputs, checked before any model is loaded.
     model_dir = require_model_dir(cfg.model.path, "model")
-    pairs_file, pairs_identity = resolve_pairs(cfg.pairs)
+    sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
     tokenizer = load_tokenizer(cfg.model)
     inputs = {
         "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
-        "pairs": pairs_identity,
+        "pairs": "+".join(identity for _, identity in sources),
     }
     chash = stage_config_hash(cfg)
     if not cfg.force and is_complete(out, chash, inputs):
@@ -161,7 +161,8 @@ def run(cfg: RMStageConfig) -> Manifest:
     encoder = SequenceEncoder(
         tokenizer, cfg.model.instruction_suffix, r.max_length, r.truncation, r.min_completion_tokens
     )
-    pairs = encode_pairs(read_pairs(pairs_file), encoder, r.eval_fraction, r.seed)
+    rows = [row for file, _ in sources for row in read_pairs(file)]
+    pairs = encode_pairs(rows, encoder, r.eval_fraction, r.seed)
     if is_main_process():
         invalidate(out)
     # 2. Train (resuming), 3. evaluate on the held-out pairs.

@@ -8,6 +8,8 @@ from hydra.errors import ConfigCompositionException
 from core.config import CONF_DIR, compose, stage_config_hash, to_typed
 from core.tiny_model import TinyModelStageConfig
 from data_process.config import DataProcessConfig
+from grpo.config import GRPOStageConfig
+from pipeline.config import PipelineConfig
 from reject_sampling.config import EvaluateConfig, RejectSamplingConfig, SampleConfig
 from reward_model.config import RMStageConfig, ScoreConfig
 from train_sft.config import SFTStageConfig
@@ -18,16 +20,18 @@ SCHEMAS = {
     "train_sft": SFTStageConfig,
     "reward_model": RMStageConfig,
     "rm_score": ScoreConfig,
+    "grpo": GRPOStageConfig,
     "sample": SampleConfig,
     "reject_sampling": RejectSamplingConfig,
     "evaluate": EvaluateConfig,
+    "pipeline": PipelineConfig,
 }
 # Values a config leaves mandatory (???) and the command line must give.
 REQUIRED = {"rm_score": ["input=a.parquet", "output=b.parquet", "model.path=/models/rm"]}
 PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Hydra groups and the primary config that uses them.
-GROUPS = {"sft": "train_sft", "peft": "train_sft", "rm": "reward_model", "sampling": "sample"}
+GROUPS = {"sft": "train_sft", "peft": "train_sft", "rm": "reward_model", "grpo": "grpo", "sampling": "sample"}
 GROUP_OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 ACCELERATE = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
 
@@ -74,6 +78,7 @@ def test_every_yaml_in_conf_is_reached_by_a_test():
         | {f"model/{m}.yaml" for m in MODEL_PRESETS}
         | {f"{g}/{o}.yaml" for g, o in GROUP_OPTIONS}
         | {f"accelerate/{p.name}" for p in ACCELERATE}
+        | {f"experiment/{p.name}" for p in (CONF_DIR / "experiment").glob("*.yaml")}  # tests/test_pipeline.py
     )
     on_disk = {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")}
     assert on_disk == reached

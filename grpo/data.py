@@ -1,0 +1,149 @@
+"""GRPO prompts: a prompt set with gold answers and/or reasoning-gym generators, checked before a model loads.
+
+Each prompt becomes a conversational example (`prompt` = the user turn as SFT rendered it, problem +
+instruction suffix), with its `answer` and the `data_source` whose verifier judges it. Prompts whose gold
+cannot be judged (e.g. "proof") would only ever earn None, and prompts longer than `max_prompt_length`
+would be cut by nobody: both are dropped up front and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from core.artifacts import read_manifest, sha256_file
+from core.chat import ChatTokenCounter, prompt_messages
+from core.verifier import UNJUDGEABLE_GOLDS
+from grpo.config import GRPOData, ReasoningGymTask
+from grpo.rewards import REASONING_GYM
+
+PROMPT_COLUMNS = ("prompt", "answer")
+
+
+class PromptsError(ValueError):
+    """The prompts are missing, malformed or empty."""
+
+
+@dataclass
+class PreparedPrompts:
+    examples: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_prompts(path: str | Path) -> tuple[Path, str]:
+    """(parquet file, identity) for a prompts file or a finished stage directory with a `prompts` output."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise PromptsError(f"prompts source {path} has no manifest.json: its stage has not finished")
+        if "prompts" not in manifest.outputs:
+            raise PromptsError(
+                f"{path} ({manifest.stage}) has no `prompts` output; it has {sorted(manifest.outputs)}"
+            )
+        return manifest.path_of("prompts", path), manifest.content_hash()
+    if not path.exists():
+        raise PromptsError(f"prompts file {path} does not exist")
+    return path, sha256_file(path)
+
+
+def read_prompt_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
+    names = pq.read_schema(path).names
+    missing = [c for c in PROMPT_COLUMNS if c not in names]
+    if missing:
+        raise PromptsError(
+            f"{path}: missing column(s) {missing}; prompts need {list(PROMPT_COLUMNS)} (+ id, split); found {names}"
+        )
+    if split is not None and "split" not in names:
+        raise PromptsError(f"{path} has no `split` column; set data.split=null to use every row")
+    columns = [c for c in ("id", "prompt", "answer", "split") if c in names]
+    rows = pq.read_table(path, columns=columns).to_pylist()
+    for i, row in enumerate(rows):
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise PromptsError(f"{path}: row {i} has an empty or null 'prompt'")
+        row.setdefault("id", str(i))
+    return [
+        {"id": r["id"], "prompt": r["prompt"], "answer": r["answer"] or "", "data_source": "math"}
+        for r in rows
+        if split is None or r["split"] == split
+    ]
+
+
+def reasoning_gym_rows(tasks: list[ReasoningGymTask], seed: int) -> list[dict[str, Any]]:
+    """One row per generated item; the gold is the generator's entry as JSON (its scorer needs metadata)."""
+    if not tasks:
+        return []
+    import reasoning_gym
+
+    rows = []
+    for task in tasks:
+        task_seed = seed if task.seed is None else task.seed
+        try:
+            generator = reasoning_gym.create_dataset(task.name, size=task.size, seed=task_seed, **task.config)
+        except (ValueError, TypeError, AssertionError) as e:
+            raise PromptsError(f"data.reasoning_gym {task.name}: {e}") from e
+        for i, entry in enumerate(generator):
+            rows.append(
+                {
+                    "id": f"{task.name}-{task_seed}-{i}",
+                    "prompt": entry["question"],
+                    "answer": json.dumps(entry, default=list),
+                    "data_source": REASONING_GYM,
+                }
+            )
+    return rows
+
+
+def prepare(
+    data: GRPOData, tokenizer: Any, suffix: str, max_prompt_length: int, seed: int
+) -> tuple[PreparedPrompts, dict[str, str]]:
+    """The prompts as conversational examples, their counts, and the identities of the inputs."""
+    rows, identities = [], {}
+    if data.prompts is not None:
+        file, identities["prompts"] = resolve_prompts(data.prompts)
+        rows += read_prompt_rows(file, data.split)
+    rows += reasoning_gym_rows(data.reasoning_gym, seed)
+    read = len(rows)
+    judgeable = [
+        r
+        for r in rows
+        if r["data_source"] != "math" or str(r["answer"]).strip().lower() not in UNJUDGEABLE_GOLDS
+    ]
+    counter = ChatTokenCounter(tokenizer, suffix)
+    rendered = [counter.render_prompt(r["prompt"]) for r in judgeable]
+    lengths = (
+        [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]] if rendered else []
+    )
+    kept = [r for r, n in zip(judgeable, lengths, strict=True) if n <= max_prompt_length]
+    if data.max_prompts is not None and len(kept) > data.max_prompts:
+        kept = random.Random(seed).sample(kept, data.max_prompts)
+    stats = {
+        "rows_read": read,
+        "dropped_unjudgeable_gold": read - len(judgeable),
+        "dropped_overlength": len(judgeable) - sum(n <= max_prompt_length for n in lengths),
+        "prompts": len(kept),
+        "by_data_source": {
+            s: sum(r["data_source"] == s for r in kept) for s in sorted({r["data_source"] for r in kept})
+        },
+        "max_prompt_tokens": max(lengths, default=0),
+    }
+    if not kept:
+        raise PromptsError(
+            f"no prompts left: {read} read, {stats['dropped_unjudgeable_gold']} with an unjudgeable gold, "
+            f"{stats['dropped_overlength']} longer than max_prompt_length={max_prompt_length}"
+        )
+    examples = [
+        {
+            "id": str(r["id"]),
+            "prompt": prompt_messages(r["prompt"], "", suffix),
+            "answer": str(r["answer"]),
+            "data_source": r["data_source"],
+        }
+        for r in kept
+    ]
+    return PreparedPrompts(examples, stats), identities

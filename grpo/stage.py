@@ -1,0 +1,323 @@
+"""grpo: online RL with verifiable rewards on TRL's GRPOTrainer, starting from the round's SFT model.
+
+Reads top to bottom: validate inputs and prepare prompts → load the policy (full, LoRA or QLoRA) and the
+reward functions → train, resuming from the last checkpoint → save the (merged) model → manifest.
+
+What TRL does and this stage passes through: group sampling (vLLM colocate or model.generate), advantages
+normalised per group or batch, the clipped token-level objective (DAPO by default; GRPO and Dr. GRPO
+aggregations), clip-higher, truncated-completion masking, KL to the start model when beta > 0, and per-step
+logs (reward per function, reward std, completion lengths, clip ratios, entropy, KL).
+What it adds: the reward registry (grpo/rewards.py), prompts checked before a model loads (grpo/data.py),
+RLinf's importance-ratio early stop (`EarlyStopGRPOTrainer`), and vLLM on the CPU (grpo/vllm_cpu.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.artifacts import (
+    Manifest,
+    fingerprint_files,
+    invalidate,
+    is_complete,
+    read_manifest,
+    write_json_atomic,
+)
+from core.config import stage_config_hash, write_resolved_config
+from core.models import load_tokenizer, require_model_dir
+from core.training import (
+    finalize_generation_config,
+    finish_training_stage,
+    is_main_process,
+    last_checkpoint,
+    load_pretrained,
+    lora_config,
+    loss_summary,
+    merge_adapter,
+    peak_memory_gb,
+    resolve_attention,
+    resolve_bf16,
+    resolve_use_cpu,
+    torch_dtype,
+    world_size,
+)
+from grpo.config import GRPOStageConfig
+from grpo.data import PreparedPrompts, PromptsError, prepare
+from grpo.rewards import build_reward_functions
+
+log = logging.getLogger(__name__)
+STAGE = "grpo"
+# Logged per step by TRL; summarised in the manifest (first/last tenth, curve).
+CURVES = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "entropy", "kl")
+
+
+def resolve_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+def check_prompts(prepared: PreparedPrompts, cfg: GRPOStageConfig, processes: int) -> None:
+    """One generation batch needs `generation batch / num_generations` distinct prompts."""
+    g = cfg.grpo
+    batch = (
+        g.per_device_train_batch_size * processes * (g.steps_per_generation or g.gradient_accumulation_steps)
+    )
+    needed = batch // g.num_generations
+    if len(prepared.examples) < needed:
+        raise PromptsError(
+            f"{len(prepared.examples)} prompts cannot fill one generation batch of {batch} completions "
+            f"({needed} prompts x num_generations {g.num_generations}); lower the batch or add prompts"
+        )
+    if cfg.peft.method == "qlora" and cfg.use_cpu is False and not torch.cuda.is_available():
+        raise ValueError("peft.method=qlora with use_cpu=false needs a CUDA GPU")
+
+
+def _trainer_class():
+    from trl import GRPOTrainer
+
+    class EarlyStopGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer plus RLinf's early stop: a micro-batch whose mean importance ratio pi/pi_old (over the
+        completion tokens of every process) exceeds `early_stop_imp_ratio` gets its loss multiplied by 0, so it
+        moves nothing but still takes part in every collective. Relies on two private TRL 1.16 methods."""
+
+        early_stop_imp_ratio: float | None = None
+
+        def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
+            out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            if kwargs.get("compute_entropy"):  # the policy forward of _compute_loss
+                self._policy_logps = out[0]
+            return out
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any]):
+            loss = super()._compute_loss(model, inputs)
+            old = inputs.get("old_per_token_logps")
+            if self.early_stop_imp_ratio is None or old is None or not self.model.training:
+                return loss
+            mask = inputs["completion_mask"]
+            ratio = torch.exp(self._policy_logps.detach() - old)
+            totals = self.accelerator.reduce(torch.stack([(ratio * mask).sum(), mask.sum().float()]), "sum")
+            mean_ratio = (totals[0] / totals[1].clamp(min=1.0)).item()
+            stopped = mean_ratio > self.early_stop_imp_ratio
+            self._metrics["train"]["early_stop/importance_ratio"].append(mean_ratio)
+            self._metrics["train"]["early_stop/skipped"].append(float(stopped))
+            return loss * 0.0 if stopped else loss
+
+    return EarlyStopGRPOTrainer
+
+
+def build_trainer(
+    cfg: GRPOStageConfig, tokenizer: Any, prepared: PreparedPrompts, out: Path, backend: str
+) -> Any:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig
+
+    g, gen = cfg.grpo, cfg.generation
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    bf16 = resolve_bf16(g.bf16, use_cpu)
+    if backend == "vllm" and use_cpu:
+        from grpo.vllm_cpu import prepare_cpu_vllm
+
+        prepare_cpu_vllm(gen.vllm_cpu_kvcache_gb)
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        cfg.model.path,
+        dtype=torch_dtype(cfg.model.dtype, bf16),
+        attn_implementation=resolve_attention(g.attn_implementation, use_cpu),
+        trust_remote_code=cfg.model.trust_remote_code,
+        quantize_4bit=cfg.peft.method == "qlora",
+    )
+    reward_funcs, weights = build_reward_functions(cfg.rewards, g.max_completion_length)
+    reward_tokenizers = [
+        _reward_tokenizer(f.config.name_or_path) if isinstance(f, torch.nn.Module) else None
+        for f in reward_funcs
+    ]
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
+    args = GRPOConfig(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=g.learning_rate,
+        max_steps=g.max_steps,
+        num_train_epochs=g.num_train_epochs,
+        per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps,
+        num_generations=g.num_generations,
+        steps_per_generation=g.steps_per_generation,
+        num_iterations=g.num_iterations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
+        mask_truncated_completions=g.mask_truncated_completions,
+        reward_weights=weights,
+        # The clipped ratio assumes pi_old and pi give the same log-probs for the same weights.
+        disable_dropout=True,
+        lr_scheduler_type=g.lr_scheduler_type,
+        warmup_steps=g.warmup_steps,
+        weight_decay=g.weight_decay,
+        max_grad_norm=g.max_grad_norm,
+        gradient_checkpointing=g.gradient_checkpointing,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        seed=g.seed,
+        data_seed=g.seed,
+        logging_steps=g.logging_steps,
+        save_strategy="steps",
+        save_steps=g.save_steps,
+        save_total_limit=g.save_total_limit,
+        report_to=[r for r in g.report_to if r != "none"],
+        log_completions=g.log_completions,
+        use_vllm=backend == "vllm",
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=gen.vllm_gpu_memory_utilization,
+        vllm_max_model_length=gen.vllm_max_model_length or g.max_prompt_length + g.max_completion_length,
+        vllm_tensor_parallel_size=gen.vllm_tensor_parallel_size,
+        vllm_enable_sleep_mode=gen.vllm_enable_sleep_mode,
+        vllm_importance_sampling_correction=gen.vllm_importance_sampling_correction,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+    )
+    trainer_cls = _trainer_class()
+    trainer_cls.early_stop_imp_ratio = g.early_stop_imp_ratio
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=Dataset.from_list(prepared.examples),
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+        peft_config=lora_config(cfg.peft, task_type="CAUSAL_LM"),
+    )
+    # Logged as rewards/<registry name>/mean (TRL would name a model by its directory).
+    trainer.reward_func_names = list(cfg.rewards.weights)
+    return trainer
+
+
+def _reward_tokenizer(path: str) -> Any:
+    from core.config import ModelConfig
+
+    return load_tokenizer(ModelConfig(path=path))
+
+
+def save_outputs(cfg: GRPOStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
+    """model/ (merged for LoRA/QLoRA, into a full-precision copy of the start model) and adapter/:
+    safetensors, tokenizer, chat template, a generation config that stops at end of turn, train_config.yaml."""
+    from transformers import AutoModelForCausalLM
+
+    dirs: dict[str, Path] = {}
+    model_dir = out / "model"
+    if cfg.peft.method == "none":
+        trainer.save_model(str(model_dir))
+        dirs["model"] = model_dir
+    else:
+        dirs["adapter"] = out / "adapter"
+        trainer.save_model(str(dirs["adapter"]))
+        if cfg.peft.merge:
+            dirs["model"] = model_dir
+    if not trainer.is_world_process_zero():
+        return dirs
+    if cfg.peft.method != "none" and cfg.peft.merge:
+        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.grpo.bf16, resolve_use_cpu(cfg.use_cpu)))
+        merge_adapter(cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM)
+    if "model" in dirs:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+        finalize_generation_config(model, tokenizer)
+        model.generation_config.save_pretrained(model_dir)
+        model.config.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
+        write_resolved_config(model_dir, cfg, name="train_config.yaml")
+    return dirs
+
+
+def summarise(log_history: list[dict[str, Any]], reward_names: list[str]) -> dict[str, Any]:
+    """Per-step curves of the rewards (one per function) and of the other logged quantities."""
+    keys = [f"rewards/{n}/mean" for n in reward_names] + list(CURVES)
+    curves = {k: v for k in keys if (v := loss_summary(log_history, key=k))}
+    times = [h["step_time"] for h in log_history if "step_time" in h]
+    return {
+        "curves": curves,
+        # [[step, mean reward]] per reward function: what the pipeline report plots.
+        "reward_curves": {
+            n: curves[f"rewards/{n}/mean"]["curve"] for n in reward_names if f"rewards/{n}/mean" in curves
+        },
+        "step_time_s": {"mean": sum(times) / len(times), "last": times[-1]} if times else {},
+    }
+
+
+def run(cfg: GRPOStageConfig) -> Manifest:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    # 1. Inputs: everything checkable without a model fails here.
+    model_dir = require_model_dir(cfg.model.path, "model")
+    if cfg.rewards.reward_model:
+        require_model_dir(cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)")
+    tokenizer = load_tokenizer(cfg.model)
+    tokenizer.padding_side = "left"
+    prepared, identities = prepare(
+        cfg.data, tokenizer, cfg.model.instruction_suffix, cfg.grpo.max_prompt_length, cfg.grpo.seed
+    )
+    check_prompts(prepared, cfg, world_size())
+    inputs = {"model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]), **identities}
+    if cfg.rewards.reward_model:
+        rm_dir = Path(cfg.rewards.reward_model_path)
+        inputs["reward_model"] = fingerprint_files([p for p in rm_dir.iterdir() if p.is_file()])
+    chash = stage_config_hash(cfg)
+    if not cfg.force and is_complete(out, chash, inputs):
+        log.info("grpo: %s is complete for this config and inputs; skipping", out)
+        return read_manifest(out)  # type: ignore[return-value]
+    if is_main_process():
+        invalidate(out)
+    # 2. Policy, reward functions, trainer; 3. train, resuming from the last checkpoint of a killed run.
+    backend = resolve_backend(cfg.generation.backend)
+    trainer = build_trainer(cfg, tokenizer, prepared, out, backend)
+    resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
+    if resume_from:
+        log.info("grpo: resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    # 4. Save for serving.
+    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return Manifest(stage=STAGE, config_hash=chash, config={})
+    state = trainer.state
+    # Every logged step (rewards per function, lengths, clip ratios, entropy, ...) beside the tensorboard files.
+    write_json_atomic(out / "logs" / "log_history.json", state.log_history)
+    dirs["logs"] = out / "logs"
+    metrics = {
+        **summarise(state.log_history, trainer.reward_func_names),
+        "reward_functions": dict(
+            zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True)
+        ),
+        "backend": backend,
+        "global_step": state.global_step,
+        "resumed_from": resume_from,
+        "train_runtime_s": round(result.metrics.get("train_runtime", time.time() - started), 2),
+        "peak_memory": peak_memory_gb(),
+        "processes": world_size(),
+        "data": prepared.stats,
+    }
+    manifest = finish_training_stage(
+        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
+    )
+    reward = metrics["curves"].get("reward", {})
+    log.info(
+        "grpo: %d steps (%s generation), reward %.3f -> %.3f (first/last tenth); model in %s",
+        state.global_step,
+        backend,
+        reward.get("first_tenth_mean", float("nan")),
+        reward.get("last_tenth_mean", float("nan")),
+        dirs.get("model", dirs.get("adapter")),
+    )
+    return manifest

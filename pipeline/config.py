@@ -1,0 +1,95 @@
+"""Typed config of the whole pipeline (schema `pipeline_schema`, YAML conf/pipeline.yaml).
+
+The pipeline does not re-declare the stages' settings. Each stage keeps its own config (conf/<stage>.yaml)
+and the pipeline passes it Hydra overrides: `common` to every stage, then the stage's own section. So
+
+    bash train.sh train_sft.sft.learning_rate=3e-3 train_sft.peft=lora rounds=3 common.model=qwen2.5-1.5b
+
+changes exactly what `python -m train_sft sft.learning_rate=3e-3 peft=lora model=qwen2.5-1.5b` would
+(a section key naming a config group, like `peft`, picks the group option). Every stage config is composed
+(and so validated) before the first stage starts, so a typo fails in seconds, not after an hour of SFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.config import help_field, register_schema
+
+LAUNCHERS = ("python", "accelerate")
+
+
+@dataclass
+class PipelineConfig:
+    run_name: str = help_field("default", hashed=False)
+    run_dir: str = help_field("runs/${run_name}", hashed=False)
+    rounds: int = help_field(
+        2,
+        help="SFT rounds: round 0 trains on the reference traces, round k>0 on round k-1's selected samples.",
+    )
+    next_round_steps: int = help_field(
+        300,
+        help="Optimizer steps of every SFT round after the first (and of its control), from the previous model.",
+    )
+    next_round_learning_rate: float | None = help_field(
+        None,
+        help="Learning rate of rounds > 0; null = the SFT config's. A full restart of a high rate can hurt.",
+    )
+    mix_original: float = help_field(
+        1.0, help="Weight of the original SFT records mixed into rounds > 0 (0: selected samples only)."
+    )
+    control: bool = help_field(
+        True, help="Train and evaluate a compute-matched control per round > 0: the previous model, the same steps, "
+        "on the data it already had. A round's gain only counts when it beats its control.",
+    )  # fmt: skip
+    use_reward_model: bool = help_field(
+        True, help="Train a reward model each round (best-of-N selection needs one)."
+    )
+    run_grpo: bool = help_field(True, help="Run GRPO from the last round's SFT model.")
+    build_tiny_model: bool = help_field(
+        True, help="Build the tiny offline model first (the offline default)."
+    )
+    model_path: str | None = help_field(
+        None,
+        help="Local base model directory (data_process's tokenizer, round-0 SFT); null = the model preset's.",
+    )
+    input_dir: str | None = help_field(
+        None, help="OpenR1-Math parquet directory; null = synthetic offline data."
+    )
+    launcher: str = help_field(
+        "python", help="python | accelerate (training stages under accelerate launch)."
+    )
+    accelerate_config: str | None = help_field(None, help="conf/accelerate/*.yaml for launcher=accelerate.")
+    # Per-stage overrides (nested keys become dotted overrides: {sft: {learning_rate: 1e-3}} -> sft.learning_rate=...).
+    common: dict[str, Any] = help_field(
+        {}, help="Overrides given to every stage, e.g. {model: qwen2.5-1.5b}."
+    )
+    data_process: dict[str, Any] = help_field({}, help="Overrides of conf/data_process.yaml.")
+    train_sft: dict[str, Any] = help_field({}, help="Overrides of conf/train_sft.yaml (every round).")
+    reward_model: dict[str, Any] = help_field({}, help="Overrides of conf/reward_model.yaml.")
+    reject_sampling: dict[str, Any] = help_field({}, help="Overrides of conf/reject_sampling.yaml.")
+    grpo: dict[str, Any] = help_field({}, help="Overrides of conf/grpo.yaml.")
+    evaluate: dict[str, Any] = help_field({}, help="Overrides of conf/evaluate.yaml (every evaluation).")
+    report: bool = help_field(True, help="Write the run report (pipeline.report) at the end.")
+    until: str | None = help_field(
+        None, help="Stop after the step of this name (e.g. data, round_0/sft); null = run everything."
+    )
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("launcher=accelerate needs accelerate_config=conf/accelerate/<file>.yaml")
+        if not self.build_tiny_model and self.model_path is None:
+            raise ValueError(
+                "this pipeline does not build the tiny model (build_tiny_model=false): give the base model's "
+                "local directory, model_path=/models/..."
+            )
+        if self.next_round_steps < 1:
+            raise ValueError(f"next_round_steps must be >= 1, got {self.next_round_steps}")
+
+
+register_schema("pipeline_schema", PipelineConfig)

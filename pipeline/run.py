@@ -1,0 +1,223 @@
+"""The whole pipeline: data → rounds of (SFT → reward model → rejection sampling) → GRPO → evaluation → report.
+
+    python -m pipeline                                   # what `bash train.sh` runs: the offline default
+    python -m pipeline rounds=3 'train_sft=[sft.max_steps=800]' 'reject_sampling=[sampling.n=8]'
+    python -m pipeline experiment=qwen2.5-1.5b_lora_16k common='[model.path=/models/Qwen2.5-1.5B-Instruct]'
+    python -m pipeline -m 'train_sft=[sft.learning_rate=1e-3],[sft.learning_rate=3e-3]'   # a sweep
+
+Round 0 fine-tunes the base model on the reference traces. Round k > 0 continues from round k-1's model
+for `next_round_steps` steps on round k-1's selected samples (mixed with the original records, weight
+`mix_original`) and, beside it, a compute-matched control: the same model, the same steps, on the data it
+already had. Every SFT model (and control) is evaluated on the held-out prompts with the round's reward
+model for best-of-N; GRPO starts from the last round's model and is evaluated last.
+
+Each stage runs in its own process (a model-loading stage must give its memory back) from a config
+composed here exactly as `python -m <stage> <overrides>` would compose it. All configs are composed before
+the first stage runs, so a typo fails at once. Stages skip themselves when their manifest matches config
+and inputs, so re-running the same command after a crash resumes at the first unfinished stage. The
+plan, each stage's wall time and status go to `runs/<run>/pipeline.json`; each stage's output is also
+kept in `runs/<run>/logs/pipeline/<step>.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import write_json_atomic
+from core.config import compose, to_typed
+from core.launch import run_stage_process
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+# config name -> (function run in the child process, its config schema)
+STAGES = {
+    "tiny_model": ("core.tiny_model:run", "core.tiny_model:TinyModelStageConfig"),
+    "data_process": ("data_process.stage:run", "data_process.config:DataProcessConfig"),
+    "train_sft": ("train_sft.stage:run", "train_sft.config:SFTStageConfig"),
+    "reward_model": ("reward_model.stage:run", "reward_model.config:RMStageConfig"),
+    "reject_sampling": ("reject_sampling.stage:run", "reject_sampling.config:RejectSamplingConfig"),
+    "grpo": ("grpo.stage:run", "grpo.config:GRPOStageConfig"),
+    "evaluate": ("reject_sampling.evaluate:run", "reject_sampling.config:EvaluateConfig"),
+}
+TRAINING_STAGES = {"train_sft", "reward_model", "grpo"}
+# PipelineConfig's per-stage override sections.
+SECTIONS = ("common", "data_process", "train_sft", "reward_model", "reject_sampling", "grpo", "evaluate")
+
+
+@dataclass
+class Step:
+    name: str  # where it shows up: "round_1/sft_control"
+    stage: str  # a key of STAGES (= its conf/<stage>.yaml)
+    overrides: list[str]
+    cfg: Any = field(default=None, repr=False)
+
+
+_BARE = re.compile(r"[\w./\-+:@]+")
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value in Hydra's override grammar (strings quoted unless plainly safe)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _BARE.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def as_overrides(section: dict[str, Any], prefix: str = "") -> list[str]:
+    """{sft: {learning_rate: 0.001}, peft: lora} -> ["sft.learning_rate=0.001", "peft=lora"]."""
+    out = []
+    for key, value in section.items():
+        if isinstance(value, dict) and value:
+            out += as_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={hydra_value(value)}")
+    return out
+
+
+def sft_data(run_dir: str, round: int, mix_original: float) -> str:
+    sources = [f"{{path:{run_dir}/round_{round - 1}/reject_sampling,weight:1.0}}"]
+    if mix_original > 0:
+        sources.insert(0, f"{{path:{run_dir}/data,weight:{mix_original}}}")
+    return "data=[" + ",".join(sources) + "]"
+
+
+def plan(cfg: PipelineConfig) -> list[Step]:
+    """Every stage of the run, in order, with its overrides (nothing is composed or run here)."""
+    run = [f"run_name={cfg.run_name}", f"run_dir={cfg.run_dir}"]
+    base = [*run, *as_overrides(cfg.common)]
+    rd = cfg.run_dir
+    steps: list[Step] = []
+    if cfg.build_tiny_model:
+        steps.append(Step("tiny_model", "tiny_model", list(run)))
+    base_model = [f"model.path={cfg.model_path}"] if cfg.model_path else []
+    data = [*base, *as_overrides(cfg.data_process), *base_model]
+    if cfg.input_dir:
+        data.append(f"input_dir={cfg.input_dir}")
+    steps.append(Step("data", "data_process", data))
+
+    def evaluate(name: str, model_dir: str, rm_round: int | None) -> Step:
+        over = [*base, f"name={name}", f"model.path={model_dir}", *as_overrides(cfg.evaluate)]
+        if rm_round is not None:
+            over += ["use_reward_model=true", f"reward_model.path={rd}/round_{rm_round}/reward_model/model"]
+        return Step(f"eval/{name}", "evaluate", over)
+
+    for k in range(cfg.rounds):
+        sft = [*base, *as_overrides(cfg.train_sft), f"round={k}"]
+        evals: list[Step] = []
+        rm_round = k if cfg.use_reward_model else None
+        if k == 0:
+            steps.append(Step("round_0/sft", "train_sft", [*sft, *base_model]))
+        else:
+            more = [f"model.path={rd}/round_{k - 1}/sft/model", f"sft.max_steps={cfg.next_round_steps}"]
+            if cfg.next_round_learning_rate is not None:
+                more.append(f"sft.learning_rate={cfg.next_round_learning_rate}")
+            steps.append(
+                Step(f"round_{k}/sft", "train_sft", [*sft, *more, sft_data(rd, k, cfg.mix_original)])
+            )
+            if cfg.control:
+                control = [
+                    *sft,
+                    *more,
+                    f"output_dir={rd}/round_{k}/sft_control",
+                    f"data=[{{path:{rd}/data}}]",
+                ]
+                steps.append(Step(f"round_{k}/sft_control", "train_sft", control))
+                evals.append(evaluate(f"round_{k}_control", f"{rd}/round_{k}/sft_control/model", rm_round))
+        evals.insert(0, evaluate(f"round_{k}_sft", f"{rd}/round_{k}/sft/model", rm_round))
+        if cfg.use_reward_model:
+            rm = [*base, *as_overrides(cfg.reward_model), f"round={k}"]
+            if k > 0:
+                # The original pairs plus the previous round's on-policy ones (a weak policy yields few).
+                rm.append(f"extra_pairs=[{rd}/round_{k - 1}/reject_sampling]")
+            steps.append(Step(f"round_{k}/reward_model", "reward_model", rm))
+        steps += evals
+        rs = [*base, *as_overrides(cfg.reject_sampling), f"round={k}"]
+        if not cfg.use_reward_model:
+            rs += ["use_reward_model=false", "selection.policy=verified"]
+        steps.append(Step(f"round_{k}/reject_sampling", "reject_sampling", rs))
+    if cfg.run_grpo:
+        # GRPO belongs to the last round: it starts from that round's SFT model (its config's default).
+        last = cfg.rounds - 1
+        steps.append(Step(f"round_{last}/grpo", "grpo", [*base, *as_overrides(cfg.grpo), f"round={last}"]))
+        steps.append(
+            evaluate("grpo", f"{rd}/round_{last}/grpo/model", last if cfg.use_reward_model else None)
+        )
+    return steps
+
+
+def compose_all(steps: list[Step]) -> None:
+    """Compose and type every stage's config up front: a typo or a bad value fails before any work."""
+    for step in steps:
+        _, schema = STAGES[step.stage]
+        module, _, name = schema.partition(":")
+        schema_cls = getattr(__import__(module, fromlist=[name]), name)
+        try:
+            step.cfg = to_typed(compose(step.stage, step.overrides), schema_cls)
+        except Exception as e:
+            raise ValueError(
+                f"pipeline step {step.name}: conf/{step.stage}.yaml {step.overrides}: {e}"
+            ) from e
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    steps = plan(cfg)
+    if cfg.until is not None:
+        names = [s.name for s in steps]
+        if cfg.until not in names:
+            raise ValueError(f"until={cfg.until} is not a step of this pipeline; steps: {names}")
+        steps = steps[: names.index(cfg.until) + 1]
+    compose_all(steps)
+    run_dir = Path(cfg.run_dir)
+    status_path = run_dir / "pipeline.json"
+    status: dict[str, Any] = {
+        "steps": [{"name": s.name, "stage": s.stage, "overrides": s.overrides} for s in steps]
+    }
+    started = time.time()
+    for i, (step, record) in enumerate(zip(steps, status["steps"], strict=True), start=1):
+        print(f"\n==== [{i}/{len(steps)}] {step.name} ({step.stage}) ====", flush=True)
+        t0 = time.time()
+        target, schema = STAGES[step.stage]
+        accelerate = (
+            cfg.accelerate_config if cfg.launcher == "accelerate" and step.stage in TRAINING_STAGES else None
+        )
+        log_file = run_dir / "logs" / "pipeline" / f"{step.name.replace('/', '.')}.log"
+        record["status"] = "running"
+        write_json_atomic(status_path, status)
+        try:
+            run_stage_process(
+                target, schema, step.cfg, log_file=log_file, tee=True, accelerate_config=accelerate
+            )
+        except RuntimeError:
+            record["status"] = "failed"
+            write_json_atomic(status_path, status)
+            raise
+        record.update(status="done", seconds=round(time.time() - t0, 1))
+        status["total_seconds"] = round(time.time() - started, 1)
+        write_json_atomic(status_path, status)
+        print(f"==== {step.name} done in {time.time() - t0:.0f} s ====", flush=True)
+    if cfg.report:
+        from pipeline.report import write_report
+
+        report = write_report(run_dir)
+        print(f"\nreport: {report}", flush=True)
+    log.info(
+        "pipeline finished in %.0f s: %s", time.time() - started, json.dumps(status.get("total_seconds"))
+    )
+    return status
