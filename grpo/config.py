@@ -12,7 +12,7 @@ from core.training import world_size
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 BACKENDS = ("auto", "vllm", "transformers")
-# Reward functions of grpo/rewards.py (the registry); kept here so a typo fails when the config is composed.
+# Reward functions of grpo/rewards.py, in the order TRL receives them; each has a weight field in RewardsConfig.
 REWARD_NAMES = ("accuracy", "format", "overlong", "reward_model")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ def prepare(
     if data.prompts is not None:
         file, identities["prompts"] = resolve_prompts(data.prompts)
         rows += read_prompt_rows(file, data.split)
-    rows += reasoning_gym_rows(data.reasoning_gym, seed)
+    if data.reasoning_gym:
+        rows += reasoning_gym_rows(data.reasoning_gym, seed)
+        # The generators' code decides the items: a new package version is a new input.
+        identities["reasoning_gym"] = f"reasoning-gym=={metadata.version('reasoning-gym')}"
     read = len(rows)
     judgeable = [
         r

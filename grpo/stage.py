@@ -188,9 +188,7 @@ def build_trainer(
         vllm_importance_sampling_correction=gen.vllm_importance_sampling_correction,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
     )
-    trainer_cls = _trainer_class()
-    trainer_cls.early_stop_imp_ratio = g.early_stop_imp_ratio
-    trainer = trainer_cls(
+    trainer = _trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -199,6 +197,7 @@ def build_trainer(
         reward_processing_classes=reward_tokenizers,
         peft_config=lora_config(cfg.peft, task_type="CAUSAL_LM"),
     )
+    trainer.early_stop_imp_ratio = g.early_stop_imp_ratio
     # Logged as rewards/<registry name>/mean (TRL would name a model by its directory).
     trainer.reward_func_names = list(cfg.rewards.weights)
     return trainer

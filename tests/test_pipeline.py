@@ -170,6 +170,7 @@ SMALL_RUN = [
     "reject_sampling.prompts.max_prompts=120",
     "evaluate.prompts.max_prompts=40",
     "grpo.grpo.max_steps=4",
+    "reject_sampling.sampling.backend=hf",
 ]
 
 
