@@ -199,7 +199,7 @@ def check_batch_arithmetic(h: GRPOHyperparams, processes: int) -> None:
 
 
 @dataclass
-class GenerationConfig:
+class RolloutGeneration:
     """How completions are sampled during training."""
 
     backend: str = help_field(
@@ -238,7 +238,7 @@ class GRPOStageConfig:
     data: GRPOData = field(default_factory=GRPOData)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     grpo: GRPOHyperparams = field(default_factory=GRPOHyperparams)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    generation: RolloutGeneration = field(default_factory=RolloutGeneration)
     peft: PeftConfig = field(default_factory=lambda: PeftConfig(method="none", merge=False))
     use_cpu: bool | None = help_field(
         None, help="Train on the CPU; null = when no GPU is visible.", hashed=False
