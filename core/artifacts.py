@@ -298,6 +298,37 @@ def require_manifest(stage_dir: str | os.PathLike, what: str) -> Manifest:
     return manifest
 
 
+def resolve_input(
+    path: str | os.PathLike, outputs: str | tuple[str, ...], what: str, error: type[Exception]
+) -> tuple[Path, str, str | None]:
+    """Where a stage input lives: a file, or a finished stage directory whose manifest lists one of `outputs`.
+
+    Returns (file, identity, output name or None for a plain file). The identity goes into the reading
+    stage's manifest: the upstream manifest's content hash for a stage directory (cheap, and it changes
+    whenever that stage re-runs), the file's sha256 otherwise. `what` names the input in messages
+    ("prompt source", "pairs source", ...), raised as `error` so each stage keeps its own error class.
+    """
+    path = Path(path)
+    names = (outputs,) if isinstance(outputs, str) else outputs
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise error(
+                f"{what} {path} is a directory without {MANIFEST_NAME}: the stage that writes it has not "
+                f"finished; run it first or pass a file"
+            )
+        name = next((n for n in names if n in manifest.outputs), None)
+        if name is None:
+            wanted = " or ".join(f"`{n}`" for n in names)
+            raise error(
+                f"{what} {path} ({manifest.stage}) has no {wanted} output; it has {sorted(manifest.outputs)}"
+            )
+        return manifest.path_of(name, path), manifest.content_hash(), name
+    if not path.exists():
+        raise error(f"{what} {path} does not exist")
+    return path, sha256_file(path), None
+
+
 def write_manifest(stage_dir: str | os.PathLike, manifest: Manifest) -> Path:
     """Write the manifest LAST: its presence is what marks the stage's output complete."""
     manifest.finished_at = time.time()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from core.artifacts import read_manifest, sha256_file
+from core.artifacts import resolve_input
 from core.chat import ChatTokenCounter, prompt_messages
 from core.verifier import UNJUDGEABLE_GOLDS
 from grpo.config import GRPOData, ReasoningGymTask
@@ -34,23 +34,6 @@ class PromptsError(ValueError):
 class PreparedPrompts:
     examples: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_prompts(path: str | Path) -> tuple[Path, str]:
-    """(parquet file, identity) for a prompts file or a finished stage directory with a `prompts` output."""
-    path = Path(path)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise PromptsError(f"prompts source {path} has no manifest.json: its stage has not finished")
-        if "prompts" not in manifest.outputs:
-            raise PromptsError(
-                f"{path} ({manifest.stage}) has no `prompts` output; it has {sorted(manifest.outputs)}"
-            )
-        return manifest.path_of("prompts", path), manifest.content_hash()
-    if not path.exists():
-        raise PromptsError(f"prompts file {path} does not exist")
-    return path, sha256_file(path)
 
 
 def read_prompt_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
@@ -106,7 +89,9 @@ def prepare(
     """The prompts as conversational examples, their counts, and the identities of the inputs."""
     rows, identities = [], {}
     if data.prompts is not None:
-        file, identities["prompts"] = resolve_prompts(data.prompts)
+        file, identities["prompts"], _ = resolve_input(
+            data.prompts, "prompts", "prompts source", PromptsError
+        )
         rows += read_prompt_rows(file, data.split)
     if data.reasoning_gym:
         rows += reasoning_gym_rows(data.reasoning_gym, seed)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from core.artifacts import read_manifest, sha256_file
+from core.artifacts import resolve_input
 from reject_sampling.config import PromptSource
 
 PROMPTS_OUTPUT = "prompts"
@@ -61,25 +61,10 @@ def derived_id(question: str) -> str:
 
 def resolve_prompt_file(path: str | Path) -> tuple[Path, str]:
     """(file, identity) for a prompt file or a finished stage directory with a `prompts` output."""
-    path = Path(path)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise PromptError(
-                f"prompt source {path} is a directory without manifest.json: the stage that writes it has "
-                f"not finished; run it first or pass a prompts .parquet / .jsonl / .txt file"
-            )
-        if PROMPTS_OUTPUT not in manifest.outputs:
-            raise PromptError(
-                f"prompt source {path} ({manifest.stage}) has no `{PROMPTS_OUTPUT}` output; "
-                f"it has {sorted(manifest.outputs)}"
-            )
-        return manifest.path_of(PROMPTS_OUTPUT, path), manifest.content_hash()
-    if not path.exists():
-        raise PromptError(f"prompt file {path} does not exist")
-    if path.suffix not in SUFFIXES:
-        raise PromptError(f"prompt file {path}: unknown format '{path.suffix}'; expected one of {SUFFIXES}")
-    return path, sha256_file(path)
+    file, identity, output = resolve_input(path, PROMPTS_OUTPUT, "prompt source", PromptError)
+    if output is None and file.suffix not in SUFFIXES:
+        raise PromptError(f"prompt file {file}: unknown format '{file.suffix}'; expected one of {SUFFIXES}")
+    return file, identity
 
 
 def _parquet_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:

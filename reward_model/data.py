@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from core.artifacts import read_manifest, sha256_file
+from core.artifacts import resolve_input
 from core.chat import ChatTokenCounter
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -36,19 +36,8 @@ class EncodedPairs:
 
 def resolve_pairs(path: str | Path) -> tuple[Path, str]:
     """(parquet file, identity) for a pairs file or a finished stage directory with a `pairs` output."""
-    path = Path(path)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise PairsError(f"pairs source {path} has no manifest.json: its stage has not finished")
-        if "pairs" not in manifest.outputs:
-            raise PairsError(
-                f"{path} ({manifest.stage}) has no `pairs` output; it has {sorted(manifest.outputs)}"
-            )
-        return manifest.path_of("pairs", path), manifest.content_hash()
-    if not path.exists():
-        raise PairsError(f"pairs file {path} does not exist")
-    return path, sha256_file(path)
+    file, identity, _ = resolve_input(path, "pairs", "pairs source", PairsError)
+    return file, identity
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:

@@ -232,7 +232,7 @@ def test_bad_prompts_fail_before_model_load(grpo_cfg, tmp_path, no_model_load):
     with pytest.raises(PromptsError, match=r"missing column\(s\) \['answer'\]"):
         stage.run(grpo_cfg(f"data.prompts={bad}"))
     (tmp_path / "unfinished").mkdir()
-    with pytest.raises(PromptsError, match=r"has no manifest\.json"):
+    with pytest.raises(PromptsError, match=r"without manifest\.json"):
         stage.run(grpo_cfg(f"data.prompts={tmp_path / 'unfinished'}"))
     with pytest.raises(PromptsError, match="cannot fill one generation batch of 64000"):
         stage.run(grpo_cfg("grpo.per_device_train_batch_size=64000"))

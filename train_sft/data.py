@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from core.artifacts import read_manifest, sha256_file
+from core.artifacts import resolve_input
 from core.chat import ChatTokenCounter, record_to_messages
 from train_sft.config import DataSource
 
@@ -44,23 +44,8 @@ class PreparedData:
 
 
 def resolve_source(source: DataSource) -> ResolvedSource:
-    path = Path(source.path)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise DataError(
-                f"data source {path} is a directory without manifest.json: the stage that writes it "
-                f"has not finished; run it first or pass a parquet file"
-            )
-        name = next((n for n in SFT_OUTPUT_NAMES if n in manifest.outputs), None)
-        if name is None:
-            raise DataError(
-                f"data source {path} ({manifest.stage}) has no SFT output; it has {sorted(manifest.outputs)}"
-            )
-        return ResolvedSource(manifest.path_of(name, path), source.weight, manifest.content_hash())
-    if not path.exists():
-        raise DataError(f"data source {path} does not exist")
-    return ResolvedSource(path, source.weight, sha256_file(path))
+    file, identity, _ = resolve_input(source.path, SFT_OUTPUT_NAMES, "data source", DataError)
+    return ResolvedSource(file, source.weight, identity)
 
 
 def read_records(source: ResolvedSource) -> list[dict[str, Any]]:
