@@ -123,6 +123,25 @@ def test_training_writes_a_scorer_with_held_out_metrics(trained_rm):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
+def test_learns_a_mistake_it_can_see(tmp_path, tiny_model, sft_data):
+    """Wiring check with a mistake that needs no arithmetic: the rejected trace leaves its final answer
+    unboxed (a format failure the verifier also rejects). A correctly wired Bradley-Terry model (score
+    read at the last real token, chosen and rejected not swapped) separates the held-out pairs within
+    a few dozen steps; a broken one stays at chance, where >= 90% of ~30 pairs has probability < 1e-5."""
+    pairs = pq.read_table(sft_data / "pairs.parquet").to_pandas()
+    pairs["rejected"] = pairs["chosen"].str.replace(r"\\boxed\{(.*?)\}", r"\1", regex=True)
+    assert (pairs["rejected"] != pairs["chosen"]).all()
+    file = tmp_path / "unboxed_pairs.parquet"
+    pairs.to_parquet(file)
+    cfg = to_typed(
+        compose("reward_model", [*rm_overrides(tmp_path, tiny_model["policy"], file), "rm.max_steps=40"]),
+        RMStageConfig,
+    )
+    m = stage.run(cfg).metrics
+    assert m["data"]["pairs_eval"] >= 20
+    assert m["eval_accuracy"] >= 0.9 and m["eval_margin"] > 0
+
+
 def _score_cfg(model_dir: Path, src: Path, out: Path, **kw) -> ScoreConfig:
     return ScoreConfig(
         input=str(src),
