@@ -128,7 +128,7 @@ def test_learns_a_mistake_it_can_see(tmp_path, tiny_model, sft_data):
     unboxed (a format failure the verifier also rejects). A correctly wired Bradley-Terry model (score
     read at the last real token, chosen and rejected not swapped) separates the held-out pairs within
     a few dozen steps; a broken one stays at chance, where >= 90% of 20 or more held-out pairs has
-    probability < 2e-4."""
+    probability at most 2.1e-4 (211 / 2**20 at exactly 20 pairs)."""
     pairs = pq.read_table(sft_data / "pairs.parquet").to_pandas()
     pairs["rejected"] = pairs["chosen"].str.replace(r"\\boxed\{(.*?)\}", r"\1", regex=True)
     assert (pairs["rejected"] != pairs["chosen"]).all()
