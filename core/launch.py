@@ -8,10 +8,16 @@ it again through the same schema (so `__post_init__` validation runs there too):
     run_stage_process("reward_model.score:run", "reward_model.config:ScoreConfig", cfg)
 
 is `python -m core.launch reward_model.score:run reward_model.config:ScoreConfig <cfg.yaml>`.
+
+A child process is needed on a GPU and whenever vLLM runs (its CPU engine also pins torch to one thread
+for the rest of its process). On a CPU without vLLM it buys nothing and costs ~10 s of imports (torch and
+transformers) per launch, about half of what an evaluation of the tiny model took; `run_step` runs such
+steps in the calling process instead (`needs_own_process` is the rule).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -24,6 +30,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def _resolve(dotted: str) -> Any:
@@ -70,6 +77,45 @@ def run_stage_process(
         raise RuntimeError(f"{target} failed with exit code {returncode}{where}")
 
 
+def needs_own_process(use_cpu: bool | None, uses_vllm: bool = False) -> bool:
+    """True on a GPU (CUDA memory comes back only when a process ends) and for vLLM; False on a CPU."""
+    if uses_vllm:
+        return True
+    from core.training import resolve_use_cpu
+
+    return not resolve_use_cpu(use_cpu)
+
+
+def run_step(
+    target: str, schema: str, cfg: Any, *, own_process: bool, log_file: str | Path | None = None
+) -> None:
+    """`target(cfg)` in a child process (`run_stage_process`) or, with `own_process=False`, in this one,
+    its log records also appended to `log_file` so the step leaves the same log either way."""
+    if own_process:
+        run_stage_process(target, schema, cfg, log_file=log_file)
+        return
+    log.info("running %s in this process", target)
+    with _logging_to(log_file):
+        _resolve(target)(cfg)
+
+
+@contextlib.contextmanager
+def _logging_to(log_file: str | Path | None) -> Any:
+    if log_file is None:
+        yield
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def _run_logged(cmd: list[str], env: dict[str, str], out: Any, tee: bool) -> int:
     if not tee:
         return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
@@ -86,7 +132,7 @@ def main(argv: list[str]) -> None:
     from core.config import to_typed
 
     target, schema, cfg_path = argv
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     cfg = to_typed(OmegaConf.load(cfg_path), _resolve(schema))
     _resolve(target)(cfg)
 

@@ -43,6 +43,10 @@ class PipelineConfig:
         True, help="Train and evaluate a compute-matched control per round > 0: the previous model, the same steps, "
         "on the data it already had. A round's gain only counts when it beats its control.",
     )  # fmt: skip
+    last_round_sampling: bool = help_field(
+        True, help="Run the last round's rejection sampling too. Its traces and pairs feed no later stage (GRPO "
+        "draws its own samples), so a run that only wants the final model can save one sampling pass.",
+    )  # fmt: skip
     use_reward_model: bool = help_field(
         True, help="Train a reward model each round (best-of-N selection needs one)."
     )

@@ -35,22 +35,26 @@ def _metrics(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
-    """Every metric the report shows, as plain data (also written to report/summary.json)."""
-    evals = {}
-    for d in sorted((run_dir / "eval").glob("*")):
-        if (m := _metrics(d)) is not None:
-            evals[d.name] = m
-    rounds = {}
-    for k in _rounds(run_dir):
-        rd = run_dir / f"round_{k}"
-        rounds[k] = {
-            name: m
-            for name in ("sft", "sft_control", "reward_model", "reject_sampling", "grpo")
-            if (m := _metrics(rd / name)) is not None
-        }
+    """Every metric the report shows, as plain data (also written to report/summary.json).
+
+    With a pipeline.json, only the stages of its plan count (a step's name is its directory under the
+    run): a directory an earlier plan of the same run left behind, e.g. round 2 of a rounds=3 attempt
+    re-run with rounds=2, is not this run's and must not show up in its tables."""
     timing = (
         json.loads((run_dir / "pipeline.json").read_text()) if (run_dir / "pipeline.json").exists() else None
     )
+    planned = {s["name"] for s in timing["steps"]} if timing else None
+
+    def metrics(rel: str) -> dict[str, Any] | None:
+        return _metrics(run_dir / rel) if planned is None or rel in planned else None
+
+    evals = {d.name: m for d in sorted((run_dir / "eval").glob("*")) if (m := metrics(f"eval/{d.name}"))}
+    rounds = {}
+    for k in _rounds(run_dir):
+        stages = ("sft", "sft_control", "reward_model", "reject_sampling", "grpo")
+        found = {name: m for name in stages if (m := metrics(f"round_{k}/{name}")) is not None}
+        if found:
+            rounds[k] = found
     return {
         "data": _metrics(run_dir / "data"),
         "rounds": rounds,

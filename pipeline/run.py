@@ -147,6 +147,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                 rm.append(f"extra_pairs=[{rd}/round_{k - 1}/reject_sampling]")
             steps.append(Step(f"round_{k}/reward_model", "reward_model", rm))
         steps += evals
+        if k == cfg.rounds - 1 and not cfg.last_round_sampling:
+            continue
         rs = [*base, *as_overrides(cfg.reject_sampling), f"round={k}"]
         if not cfg.use_reward_model:
             rs += ["use_reward_model=false", "selection.policy=verified"]

@@ -21,11 +21,11 @@ import pandas as pd
 
 from core.artifacts import describe_file, invalidate, is_complete, read_manifest, write_json_atomic
 from core.config import finish_stage, hydra_entry, stage_config_hash
-from core.launch import run_stage_process
-from reject_sampling.config import EvaluateConfig, SampleConfig
+from reject_sampling.config import EvaluateConfig
 from reject_sampling.metrics import metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    draw_samples,
     restart_if_changed,
     score_with_reward_model,
     verify_samples,
@@ -46,20 +46,8 @@ INTERMEDIATES = [
 
 
 def draw(cfg: EvaluateConfig, out: Path, name: str, greedy: bool) -> Path:
-    path = out / f"{name}.parquet"
-    if not path.exists():
-        sampling = dataclasses.replace(cfg.sampling, n=1, temperature=0.0) if greedy else cfg.sampling
-        sample_cfg = SampleConfig(
-            run_dir=cfg.run_dir, model=cfg.model, prompts=cfg.prompts, sampling=sampling, output=str(path),
-            show=0, use_cpu=cfg.use_cpu, progress=cfg.progress,
-        )  # fmt: skip
-        run_stage_process(
-            "reject_sampling.sample:run",
-            "reject_sampling.config:SampleConfig",
-            sample_cfg,
-            log_file=out / f"logs/{name}.log",
-        )
-    return path
+    sampling = dataclasses.replace(cfg.sampling, n=1, temperature=0.0) if greedy else cfg.sampling
+    return draw_samples(cfg, sampling, out / f"{name}.parquet", log_file=out / f"logs/{name}.log")
 
 
 def run(cfg: EvaluateConfig) -> dict:

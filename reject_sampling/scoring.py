@@ -1,6 +1,8 @@
-"""Scoring of sampled completions: verifier verdict and format check in this process, the reward-model
-score in a child process (reward_model.score), so the policy, the reward model and vLLM never share one
-process's GPU memory. Used by the rejection-sampling stage and by evaluation alike."""
+"""Sampling and scoring of completions, shared by the rejection-sampling stage and evaluation: samples from
+reject_sampling.sample, the verifier's verdict and the format check, the reward model's score
+(reward_model.score). Sampling and reward scoring run in child processes on a GPU, so the policy, the
+reward model and vLLM never share one process's GPU memory, and sampling with vLLM always does; on a CPU
+the rest runs in this process (core.launch.needs_own_process)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,33 @@ import pyarrow as pa
 
 from core.artifacts import fingerprint_files, sha256_text, write_parquet_atomic
 from core.config import ModelConfig
-from core.launch import run_stage_process
+from core.launch import needs_own_process, run_step
 from core.models import require_model_dir
 from core.verifier import format_ok, verify_batch
+from reject_sampling.backends import resolve_backend
+from reject_sampling.config import SampleConfig, SamplingConfig
 from reject_sampling.metrics import answer_key
 from reject_sampling.prompts import PromptSet, load_prompts
 
 log = logging.getLogger(__name__)
+
+
+def draw_samples(cfg: Any, sampling: SamplingConfig, output: Path, log_file: Path) -> Path:
+    """`cfg.model`'s samples for `cfg.prompts` in `output` (kept when it exists: sample.py resumes by chunk)."""
+    if not output.exists():
+        sample_cfg = SampleConfig(
+            run_dir=cfg.run_dir, model=cfg.model, prompts=cfg.prompts, sampling=sampling, output=str(output),
+            show=0, use_cpu=cfg.use_cpu, progress=cfg.progress,
+        )  # fmt: skip
+        own = needs_own_process(cfg.use_cpu, uses_vllm=resolve_backend(sampling.backend) == "vllm")
+        run_step(
+            "reject_sampling.sample:run",
+            "reject_sampling.config:SampleConfig",
+            sample_cfg,
+            own_process=own,
+            log_file=log_file,
+        )
+    return output
 
 
 def verify_samples(samples: pd.DataFrame, verifier: str, workers: int) -> pd.DataFrame:
@@ -56,7 +78,7 @@ def score_with_reward_model(
     progress: bool,
     log_file: Path | None = None,
 ) -> pd.DataFrame:
-    """`rm_score` for every row of `scored_input` (a parquet with prompt and completion), via a child process."""
+    """`rm_score` for every row of `scored_input` (a parquet with prompt and completion)."""
     from reward_model.config import ScoreConfig
 
     if not output.exists():
@@ -69,7 +91,13 @@ def score_with_reward_model(
             use_cpu=use_cpu,
             progress=progress,
         )
-        run_stage_process("reward_model.score:run", "reward_model.config:ScoreConfig", cfg, log_file=log_file)
+        run_step(
+            "reward_model.score:run",
+            "reward_model.config:ScoreConfig",
+            cfg,
+            own_process=needs_own_process(use_cpu),
+            log_file=log_file,
+        )
     return pd.read_parquet(output)
 
 

@@ -4,10 +4,11 @@
     python -m reject_sampling selection.policy=verified selection.k=2 sampling.n=16
 
 Steps, each resumable on its own, in `runs/<run>/round_<k>/reject_sampling/`:
-1. samples.parquet: N completions per prompt from the round's SFT policy (reject_sampling.sample, in a
-   child process: vLLM when importable, else transformers).
+1. samples.parquet: N completions per prompt from the round's SFT policy (reject_sampling.sample: vLLM
+   when importable, in a child process; else transformers).
 2. verified.parquet: + `correct` (math verifier vs the gold answer), `format_ok`, `answer_key`.
-3. scored.parquet: + `rm_score` from the round's reward model (reward_model.score, in a child process).
+3. scored.parquet: + `rm_score` from the round's reward model (reward_model.score, in a child process
+   on a GPU).
 4. selected.parquet (CoT Alpaca records: the next round's SFT data) and pairs.parquet (best correct vs
    worst wrong: the next round's reward-model data), then metrics and the manifest, last.
 
@@ -26,12 +27,12 @@ import pandas as pd
 from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
 from core.chat import ChatTokenCounter
 from core.config import finish_stage, stage_config_hash
-from core.launch import run_stage_process
 from core.models import load_tokenizer
-from reject_sampling.config import RejectSamplingConfig, SampleConfig
+from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    draw_samples,
     restart_if_changed,
     score_with_reward_model,
     verify_samples,
@@ -48,28 +49,6 @@ INTERMEDIATES = [
     "scored.parquet",
     "scored.parquet.parts",
 ]
-
-
-def draw_samples(cfg: RejectSamplingConfig, out: Path) -> Path:
-    path = out / "samples.parquet"
-    if not path.exists():
-        sample_cfg = SampleConfig(
-            run_dir=cfg.run_dir,
-            model=cfg.model,
-            prompts=cfg.prompts,
-            sampling=cfg.sampling,
-            output=str(path),
-            show=0,
-            use_cpu=cfg.use_cpu,
-            progress=cfg.progress,
-        )
-        run_stage_process(
-            "reject_sampling.sample:run",
-            "reject_sampling.config:SampleConfig",
-            sample_cfg,
-            log_file=out / "logs/sample.log",
-        )
-    return path
 
 
 def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFrame:
@@ -103,7 +82,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
     invalidate(out)
     restart_if_changed(out, {"config": chash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
 
-    samples_path = draw_samples(cfg, out)
+    samples_path = draw_samples(cfg, cfg.sampling, out / "samples.parquet", log_file=out / "logs/sample.log")
     scored = score(cfg, out, samples_path)
     scored_file = write_table(scored, out / "scored.parquet")
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
 from pipeline.config import PipelineConfig
+from pipeline.report import collect
 from pipeline.run import compose_all, plan
 from tests.conftest import offline_env
 
@@ -25,8 +27,12 @@ def pipeline_cfg(*overrides: str) -> PipelineConfig:
     return to_typed(compose("pipeline", list(overrides)), PipelineConfig)
 
 
+def plan_names(cfg: PipelineConfig) -> list[str]:
+    return [s.name for s in plan(cfg)]
+
+
 def test_plan_runs_rounds_controls_grpo_and_evaluations_in_order():
-    names = [s.name for s in plan(pipeline_cfg("rounds=2"))]
+    names = plan_names(pipeline_cfg("rounds=2", "last_round_sampling=true"))
     assert names == [
         "tiny_model",
         "data",
@@ -43,12 +49,24 @@ def test_plan_runs_rounds_controls_grpo_and_evaluations_in_order():
         "round_1/grpo",
         "eval/grpo",
     ]
-    names = [s.name for s in plan(pipeline_cfg("rounds=1", "run_grpo=false", "use_reward_model=false"))]
+    # Without the last round's sampling (the offline default), only that step goes.
+    assert plan_names(pipeline_cfg("rounds=2")) == [n for n in names if n != "round_1/reject_sampling"]
+    names = plan_names(
+        pipeline_cfg("rounds=1", "run_grpo=false", "use_reward_model=false", "last_round_sampling=true")
+    )
     assert names == ["tiny_model", "data", "round_0/sft", "eval/round_0_sft", "round_0/reject_sampling"]
 
 
 def test_later_rounds_continue_from_the_previous_model_beside_a_matched_control(tmp_path):
-    steps = plan(pipeline_cfg(f"run_dir={tmp_path}", "rounds=2", "next_round_steps=77", "mix_original=0.5"))
+    steps = plan(
+        pipeline_cfg(
+            f"run_dir={tmp_path}",
+            "rounds=2",
+            "next_round_steps=77",
+            "mix_original=0.5",
+            "last_round_sampling=true",
+        )
+    )
     compose_all(steps)
     by_name = {s.name: s.cfg for s in steps}
     sft, control = by_name["round_1/sft"], by_name["round_1/sft_control"]
@@ -160,6 +178,25 @@ def test_sweeps_give_every_job_its_own_directory(tmp_path):
     assert [rows_read(tmp_path / f"s/data/sweep_{i}") for i in (0, 1)] == [40, 50]
 
 
+def test_report_shows_only_the_stages_of_the_current_plan(tmp_path):
+    """A directory an earlier plan of the same run left behind (round 2 of a rounds=3 attempt, a sampling
+    step since dropped) must not show up in the report of the run as planned now."""
+    for rel, metrics in [
+        ("eval/round_0_sft", {"pass@1": 0.1}),
+        ("eval/round_2_sft", {"pass@1": 0.9}),
+        ("round_0/reject_sampling", {"acceptance_rate": 0.25}),
+        ("round_1/sft", {"global_step": 300}),
+        ("round_1/reject_sampling", {"acceptance_rate": 0.5}),
+        ("round_2/sft", {"global_step": 300}),
+    ]:
+        write_manifest(tmp_path / rel, Manifest(stage=rel, config_hash="h", config={}, metrics=metrics))
+    names = ["data", "eval/round_0_sft", "round_0/reject_sampling", "round_1/sft"]
+    (tmp_path / "pipeline.json").write_text(json.dumps({"steps": [{"name": n} for n in names]}))
+    summary = collect(tmp_path)
+    assert set(summary["evals"]) == {"round_0_sft"}
+    assert {k: set(v) for k, v in summary["rounds"].items()} == {0: {"reject_sampling"}, 1: {"sft"}}
+
+
 # A smaller version of the offline default: the same stages and rounds, fewer problems and steps.
 SMALL_RUN = [
     "rounds=2",
@@ -186,8 +223,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     status = json.loads((tmp_path / "pipeline.json").read_text())
     assert [s["status"] for s in status["steps"]] == ["done"] * len(status["steps"])
     for stage_dir in ["tiny_model", "data", "round_0/sft", "round_0/reward_model", "round_0/reject_sampling",
-                      "round_1/sft", "round_1/sft_control", "round_1/reward_model", "round_1/reject_sampling",
-                      "round_1/grpo", "eval/round_0_sft", "eval/round_1_sft", "eval/round_1_control", "eval/grpo"]:  # fmt: skip
+                      "round_1/sft", "round_1/sft_control", "round_1/reward_model", "round_1/grpo", "eval/round_0_sft", "eval/round_1_sft", "eval/round_1_control", "eval/grpo"]:  # fmt: skip
         assert (tmp_path / stage_dir / "manifest.json").exists(), stage_dir
     for model in ["round_0/sft", "round_1/sft", "round_1/sft_control", "round_1/grpo"]:
         assert (tmp_path / model / "model" / "model.safetensors").exists(), model
