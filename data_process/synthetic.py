@@ -136,6 +136,31 @@ def wrong_steps(problem: Problem, rng: random.Random, weights: tuple[float, ...]
     return reasoning_steps(problem, slip_at=rng.randrange(len(problem.ops)), slip=slip)
 
 
+def mistake_pairs(
+    n: int, weights: tuple[float, ...], seed: int = 0, ops: tuple[int, int] = (2, 3), max_operand: int = 30
+) -> list[dict[str, str]]:
+    """`n` preference pairs (id, prompt, chosen, rejected): a correct trace against a wrong one whose
+    mistake kind is drawn with `weights` over WRONG_KINDS, for reward-model tests and benchmarks. A
+    misread that happens to give the right answer is drawn again: the rejected trace is always wrong."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        problem = make_problem(rng, rng.randint(*ops), max_operand, story_prob=0.0)
+        steps, final = reasoning_steps(problem)
+        wrong, wrong_final = wrong_steps(problem, rng, weights)
+        while wrong_final == final:
+            wrong, wrong_final = wrong_steps(problem, rng, weights)
+        pairs.append(
+            {
+                "id": f"pair-{i}",
+                "prompt": problem.text,
+                "chosen": render_trace(steps, final, 0, rng),
+                "rejected": render_trace(wrong, wrong_final, 0, rng),
+            }
+        )
+    return pairs
+
+
 def render_trace(steps: list[str], final: int | None, filler_words: int, rng: random.Random) -> str:
     """`<think>` + steps (+ filler) + `</think>` + boxed answer; `final=None` leaves it unfinished."""
     if filler_words > 0:
