@@ -124,6 +124,12 @@ def test_training_writes_a_scorer_with_held_out_metrics(trained_rm):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
+def train_on_pairs(run_dir: Path, model_dir: str, pairs: Path, steps: int) -> dict:
+    """The reward-model stage's metrics after `steps` steps on `pairs` from `model_dir`."""
+    overrides = [*rm_overrides(run_dir, model_dir, pairs), f"rm.max_steps={steps}"]
+    return stage.run(to_typed(compose("reward_model", overrides), RMStageConfig)).metrics
+
+
 def test_learns_a_mistake_it_can_see(tmp_path, tiny_model, sft_data):
     """Wiring check with a mistake that needs no arithmetic: the rejected trace leaves its final answer
     unboxed (a format failure the verifier also rejects). A correctly wired Bradley-Terry model (score
@@ -135,11 +141,7 @@ def test_learns_a_mistake_it_can_see(tmp_path, tiny_model, sft_data):
     assert (pairs["rejected"] != pairs["chosen"]).all()
     file = tmp_path / "unboxed_pairs.parquet"
     pairs.to_parquet(file)
-    cfg = to_typed(
-        compose("reward_model", [*rm_overrides(tmp_path, tiny_model["policy"], file), "rm.max_steps=40"]),
-        RMStageConfig,
-    )
-    m = stage.run(cfg).metrics
+    m = train_on_pairs(tmp_path, tiny_model["policy"], file, steps=40)
     assert m["data"]["pairs_eval"] >= 20
     assert m["eval_accuracy"] >= 0.9 and m["eval_margin"] > 0
 
@@ -155,11 +157,7 @@ def test_learns_wrong_traces_it_can_check_against_the_problem(tmp_path, tiny_mod
     file = tmp_path / "checkable_pairs.parquet"
     # Misread or early stop, half each (WRONG_KINDS order: slip, misread, early_stop).
     pq.write_table(pa.Table.from_pylist(mistake_pairs(900, weights=(0.0, 0.5, 0.5))), file)
-    cfg = to_typed(
-        compose("reward_model", [*rm_overrides(tmp_path, tiny_model["policy"], file), "rm.max_steps=100"]),
-        RMStageConfig,
-    )
-    m = stage.run(cfg).metrics
+    m = train_on_pairs(tmp_path, tiny_model["policy"], file, steps=100)  # measured: 0.87 held out
     assert m["data"]["pairs_eval"] >= 80
     assert m["eval_accuracy"] >= 0.7 and m["eval_margin"] > 0
 
