@@ -47,6 +47,11 @@ class PipelineConfig:
         True, help="Run the last round's rejection sampling too. Its traces and pairs feed no later stage (GRPO "
         "draws its own samples), so a run that only wants the final model can save one sampling pass.",
     )  # fmt: skip
+    side_by_side: bool = help_field(
+        True, help="On a machine without a GPU, run a round's SFT and its control at the same time (then their "
+        "two evaluations), each with half the cores: small matrices use two threads poorly, so the pair "
+        "takes ~25% less time on 2 cores. Ignored on a GPU, where they would share its memory.",
+    )  # fmt: skip
     use_reward_model: bool = help_field(
         True, help="Train a reward model each round (best-of-N selection needs one)."
     )

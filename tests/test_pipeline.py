@@ -16,7 +16,7 @@ from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
 from pipeline.config import PipelineConfig
 from pipeline.report import collect
-from pipeline.run import compose_all, plan
+from pipeline.run import batches, compose_all, plan
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -55,6 +55,21 @@ def test_plan_runs_rounds_controls_grpo_and_evaluations_in_order():
         pipeline_cfg("rounds=1", "run_grpo=false", "use_reward_model=false", "last_round_sampling=true")
     )
     assert names == ["tiny_model", "data", "round_0/sft", "eval/round_0_sft", "round_0/reject_sampling"]
+
+
+def test_only_a_round_and_its_control_run_side_by_side():
+    steps = plan(pipeline_cfg("rounds=3"))
+    together = [[steps[i].name for i in b] for b in batches(steps, side_by_side=True) if len(b) > 1]
+    assert together == [
+        ["round_1/sft", "round_1/sft_control"],
+        ["eval/round_1_sft", "eval/round_1_control"],
+        ["round_2/sft", "round_2/sft_control"],
+        ["eval/round_2_sft", "eval/round_2_control"],
+    ]
+    assert all(len(b) == 1 for b in batches(steps, side_by_side=False))
+    assert all(
+        len(b) == 1 for b in batches(plan(pipeline_cfg("rounds=3", "control=false")), side_by_side=True)
+    )
 
 
 def test_later_rounds_continue_from_the_previous_model_beside_a_matched_control(tmp_path):
@@ -248,6 +263,11 @@ def test_small_pipeline_end_to_end(tmp_path):
     se = math.sqrt(sum(m["pass@1"] * (1 - m["pass@1"]) / n for m in (first, final)))
     assert final["pass@1"] >= first["pass@1"] - 2 * se - 1e-9
 
+    # Every step's log (side-by-side steps write only there) says it skipped, the second time only.
+    logs = {
+        s["name"]: tmp_path / "logs/pipeline" / f"{s['name'].replace('/', '.')}.log" for s in status["steps"]
+    }
+    assert not [name for name, log in logs.items() if "skipping" in log.read_text()]
     again = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skipping") + again.stderr.count("skipping") >= len(status["steps"]) - 1
+    assert [name for name, log in logs.items() if "skipping" not in log.read_text()] == []
