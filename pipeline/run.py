@@ -198,12 +198,6 @@ def batches(steps: list[Step], side_by_side: bool) -> list[list[int]]:
     return out
 
 
-def _cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     steps = plan(cfg)
     if cfg.until is not None:
@@ -218,7 +212,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "steps": [{"name": s.name, "stage": s.stage, "overrides": s.overrides} for s in steps]
     }
     records = status["steps"]
-    side_by_side = cfg.side_by_side and cfg.launcher == "python" and _cpu_only()
+    from core.training import resolve_use_cpu  # imports torch: only once the plan has composed
+
+    side_by_side = cfg.side_by_side and cfg.launcher == "python" and resolve_use_cpu(None)
     cores = len(os.sched_getaffinity(0))
     started = time.time()
 
