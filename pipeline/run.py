@@ -119,7 +119,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     steps.append(Step("data", "data_process", data))
 
     def evaluate(name: str, model_dir: str, rm_round: int | None) -> Step:
-        over = [*base, f"name={name}", f"model.path={model_dir}", *as_overrides(cfg.evaluate)]
+        over = [*base, f"name={name}", f"model.name={name}", f"model.path={model_dir}"]
+        over += as_overrides(cfg.evaluate)
         if rm_round is not None:
             over += ["use_reward_model=true", f"reward_model.path={rd}/round_{rm_round}/reward_model/model"]
         return Step(f"eval/{name}", "evaluate", over)

@@ -165,6 +165,11 @@ class RejectSamplingConfig:
         8192, help="Reward-model scoring length (cut in the middle, as in training)."
     )
     rm_batch_tokens: int = help_field(16384, hashed=False)
+    rm_score_all: bool = help_field(
+        False,
+        help="Score every sample with the reward model; false = only the samples of prompts with at least one "
+        "sample the verifier did not judge wrong (no selection, pair or best-of-N result depends on the others).",
+    )
     maj_ks: list[int] = help_field([], help="k values for maj@k / pass@k; [] = powers of two up to n.")
     verifier: str = help_field("math", help="Verifier from core.verifier's registry that judges the answers.")
     verifier_workers: int = help_field(2, hashed=False)
@@ -196,6 +201,11 @@ class EvaluateConfig:
     greedy: bool = help_field(True, help="Also decode each prompt greedily once (greedy accuracy).")
     rm_max_length: int = help_field(8192)
     rm_batch_tokens: int = help_field(16384, hashed=False)
+    rm_score_all: bool = help_field(
+        False,
+        help="Score every sample with the reward model; false = only the samples of prompts with at least one "
+        "sample the verifier did not judge wrong (no selection, pair or best-of-N result depends on the others).",
+    )
     maj_ks: list[int] = help_field([], help="k values for maj@k / pass@k; [] = powers of two up to n.")
     verifier: str = help_field("math", help="Verifier from core.verifier's registry that judges the answers.")
     verifier_workers: int = help_field(2, hashed=False)

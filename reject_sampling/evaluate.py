@@ -41,7 +41,9 @@ INTERMEDIATES = [
     "greedy.parquet.parts",
     "verified.parquet",
     "scored.parquet",
-    "scored.parquet.parts",
+    "rm_input.parquet",
+    "rm_scores.parquet",
+    "rm_scores.parquet.parts",
 ]
 
 
@@ -69,7 +71,8 @@ def run(cfg: EvaluateConfig) -> dict:
         )
     if cfg.use_reward_model:
         scored = score_with_reward_model(
-            verified_path, out / "scored.parquet", cfg.reward_model, max_length=cfg.rm_max_length,
+            verified_path, out / "scored.parquet", cfg.reward_model, every_row=cfg.rm_score_all,
+            max_length=cfg.rm_max_length,
             batch_tokens=cfg.rm_batch_tokens, use_cpu=cfg.use_cpu, progress=cfg.progress,
             log_file=out / "logs/rm_score.log",
         )  # fmt: skip
@@ -80,7 +83,11 @@ def run(cfg: EvaluateConfig) -> dict:
         "scored": write_table(scored, out / "scored.parquet"),
     }
     verified_path.unlink()
-    metrics = {"name": cfg.name, "policy": cfg.model.name, **sample_metrics(scored, cfg.maj_ks or None)}
+    metrics = {
+        "name": cfg.name,
+        "policy": cfg.model.name,
+        **sample_metrics(scored, cfg.maj_ks or None, best_of_n=cfg.use_reward_model),
+    }
     if cfg.greedy:
         greedy_path = draw(cfg, out, "greedy", greedy=True)
         greedy = verify_samples(pd.read_parquet(greedy_path), cfg.verifier, cfg.verifier_workers)

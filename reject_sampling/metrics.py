@@ -73,8 +73,14 @@ def default_ks(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-def sample_metrics(samples: pd.DataFrame, ks: list[int] | None = None) -> dict[str, Any]:
-    """All metrics of a scored samples table (one row per sample). Returns plain floats and ints."""
+def sample_metrics(
+    samples: pd.DataFrame, ks: list[int] | None = None, best_of_n: bool | None = None
+) -> dict[str, Any]:
+    """All metrics of a scored samples table (one row per sample). Returns plain floats and ints.
+
+    `best_of_n`: report best_of_n_rm, the accuracy of each prompt's highest-scored sample; None = when
+    `rm_score` has any value. A prompt without scores (the scorer skips prompts whose samples are all
+    wrong) counts as its verdicts say: wrong."""
     if samples.empty:
         raise ValueError("no samples to compute metrics on")
     df = samples.sort_values(["id", "sample_idx"], kind="stable")
@@ -108,7 +114,9 @@ def sample_metrics(samples: pd.DataFrame, ks: list[int] | None = None) -> dict[s
                     ]
                 )
             )
-    if "rm_score" in df and df["rm_score"].notna().all():
+    if best_of_n is None:
+        best_of_n = "rm_score" in df and bool(df["rm_score"].notna().any())
+    if best_of_n:
         best = (
             df.sort_values(["id", "rm_score", "sample_idx"], ascending=[True, False, True])
             .groupby("id")

@@ -67,38 +67,66 @@ def verify_samples(samples: pd.DataFrame, verifier: str, workers: int) -> pd.Dat
     )
 
 
+def needs_reward_score(verified: pd.DataFrame) -> pd.Series:
+    """Rows whose reward-model score can change a result: every row of a prompt with at least one sample the
+    verifier did not judge wrong. On a prompt whose samples are all wrong, no choice of sample is correct
+    (best-of-N scores 0 whatever the ranking), none is selected and no pair forms; the reward model would
+    spend most of its time there on a hard prompt set (69% of the default's prompts at n=8)."""
+    wrong = verified["correct"].eq(False).fillna(False).astype(bool)
+    return ~wrong.groupby(verified["id"]).transform("all").astype(bool)
+
+
 def score_with_reward_model(
-    scored_input: Path,
+    verified_path: Path,
     output: Path,
     reward_model: ModelConfig,
     *,
+    every_row: bool,
     max_length: int,
     batch_tokens: int,
     use_cpu: bool | None,
     progress: bool,
     log_file: Path | None = None,
 ) -> pd.DataFrame:
-    """`rm_score` for every row of `scored_input` (a parquet with prompt and completion)."""
+    """The rows of `verified_path` plus `rm_score`: for every row with `every_row`, else for the rows
+    `needs_reward_score` picks (the others keep a null score). reward_model.score reads and writes the
+    picked rows through two intermediate files next to `output`, so a killed scoring run resumes."""
     from reward_model.config import ScoreConfig
 
-    if not output.exists():
+    if output.exists():
+        return pd.read_parquet(output)
+    verified = pd.read_parquet(verified_path)
+    picked = pd.Series(True, index=verified.index) if every_row else needs_reward_score(verified)
+    scores = pd.Series(float("nan"), index=verified.index)
+    if picked.any():
+        rm_input, rm_output = output.with_name("rm_input.parquet"), output.with_name("rm_scores.parquet")
+        if not rm_input.exists():
+            write_table(verified.loc[picked, ["prompt", "completion"]], rm_input)
         cfg = ScoreConfig(
-            input=str(scored_input),
-            output=str(output),
+            input=str(rm_input),
+            output=str(rm_output),
             model=reward_model,
             max_length=max_length,
             batch_tokens=batch_tokens,
             use_cpu=use_cpu,
             progress=progress,
         )
-        run_step(
-            "reward_model.score:run",
-            "reward_model.config:ScoreConfig",
-            cfg,
-            own_process=needs_own_process(use_cpu),
-            log_file=log_file,
-        )
-    return pd.read_parquet(output)
+        if not rm_output.exists():
+            run_step(
+                "reward_model.score:run",
+                "reward_model.config:ScoreConfig",
+                cfg,
+                own_process=needs_own_process(use_cpu),
+                log_file=log_file,
+            )
+        scores[picked] = pd.read_parquet(rm_output, columns=["rm_score"])["rm_score"].to_numpy()
+    log.info("rm_score: %d of %d rows scored (the rest belong to prompts with no correct sample)",
+             int(picked.sum()), len(verified))  # fmt: skip
+    scored = verified.assign(rm_score=scores.to_numpy())
+    write_table(scored, output)
+    for name in ("rm_input.parquet", "rm_scores.parquet"):
+        output.with_name(name).unlink(missing_ok=True)
+    return scored
 
 
 def check_inputs(cfg: Any, needs_gold: bool) -> tuple[PromptSet, dict[str, str]]:

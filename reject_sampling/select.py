@@ -88,7 +88,8 @@ def to_records(kept: pd.DataFrame, n_tokens: list[int], sources: list[str]) -> p
 
 def make_pairs(samples: pd.DataFrame) -> pd.DataFrame:
     """Best correct vs worst wrong sample per prompt (see the module docstring)."""
-    has_rm = "rm_score" in samples and samples["rm_score"].notna().all()
+    # Scores may be missing on prompts with no correct sample (scoring.needs_reward_score): no pair forms there.
+    has_rm = "rm_score" in samples and bool(samples["rm_score"].notna().any())
     order = ["id", "rm_score", "sample_idx"] if has_rm else ["id", "sample_idx"]
     correct = samples[samples["correct"].eq(True)]
     wrong = samples[samples["correct"].eq(False)]

@@ -47,7 +47,9 @@ INTERMEDIATES = [
     "samples.parquet.parts",
     "verified.parquet",
     "scored.parquet",
-    "scored.parquet.parts",
+    "rm_input.parquet",
+    "rm_scores.parquet",
+    "rm_scores.parquet.parts",
 ]
 
 
@@ -62,6 +64,8 @@ def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFr
         verified_path,
         out / "scored.parquet",
         cfg.reward_model,
+        # rm_threshold ranks samples without the verifier: every score counts.
+        every_row=cfg.rm_score_all or cfg.selection.policy == "rm_threshold",
         max_length=cfg.rm_max_length,
         batch_tokens=cfg.rm_batch_tokens,
         use_cpu=cfg.use_cpu,
@@ -100,7 +104,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
     if cfg.selection.pairs:
         outputs["pairs"] = write_table(pairs, out / "pairs.parquet")
     metrics = {
-        **sample_metrics(scored, cfg.maj_ks or None),
+        **sample_metrics(scored, cfg.maj_ks or None, best_of_n=cfg.use_reward_model),
         **acceptance(scored, kept),
         "pairs": len(pairs),
         "policy": cfg.model.name,

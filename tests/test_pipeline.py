@@ -105,6 +105,8 @@ def test_later_rounds_continue_from_the_previous_model_beside_a_matched_control(
     assert rs.reward_model.path == f"{tmp_path}/round_1/reward_model/model"
     ev = by_name["eval/round_1_control"]
     assert ev.model.path == f"{tmp_path}/round_1/sft_control/model" and ev.use_reward_model
+    # Each evaluation names the model it scores (metrics.json's `policy`), not the config's default.
+    assert ev.model.name == "round_1_control" and by_name["eval/grpo"].model.name == "grpo"
 
 
 def test_overrides_reach_their_stage_and_typos_fail_before_anything_runs():

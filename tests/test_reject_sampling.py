@@ -20,7 +20,7 @@ from reject_sampling.metrics import (
     pass_at_k,
     sample_metrics,
 )
-from reject_sampling.scoring import restart_if_changed, verify_samples
+from reject_sampling.scoring import needs_reward_score, restart_if_changed, verify_samples
 from reject_sampling.select import PAIR_COLUMNS, SELECTED_COLUMNS, acceptance, make_pairs, select, to_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +189,30 @@ def test_no_pair_without_a_judged_wrong_sample():
     assert make_pairs(df)["id"].tolist() == ["p1"]
 
 
+def test_only_prompts_with_a_sample_not_judged_wrong_need_reward_scores():
+    df = scored_samples()  # p1 and p2 each have correct samples
+    df.loc[df["id"] == "p2", "correct"] = False
+    assert needs_reward_score(df).tolist() == [True] * 4 + [False] * 4
+    df.loc[(df["id"] == "p2") & (df["sample_idx"] == 3), "correct"] = pd.NA  # unverifiable: may be right
+    assert needs_reward_score(df).all()
+
+
+def test_results_do_not_depend_on_scores_of_prompts_with_no_correct_sample():
+    full = scored_samples()
+    full = pd.concat([full, full[full["id"] == "p2"].assign(id="p3", correct=False)], ignore_index=True)
+    partial = full.assign(rm_score=full["rm_score"].where(needs_reward_score(full)))
+    assert partial["rm_score"].isna().sum() == 4  # p3's, and only p3's, scores are missing
+    assert sample_metrics(partial) == sample_metrics(full)
+    assert sample_metrics(partial)["best_of_n_rm"] == pytest.approx(1 / 3)  # p2 right, p1 and p3 wrong
+    pd.testing.assert_frame_equal(make_pairs(partial), make_pairs(full))
+    cfg = SelectionConfig(policy="best_of_n_rm")
+    pd.testing.assert_frame_equal(select(partial, cfg), select(full, cfg))
+    # With a reward model, a run whose every prompt is wrong still reports best-of-N (0).
+    wrong = partial[partial["id"] == "p3"]
+    assert sample_metrics(wrong, best_of_n=True)["best_of_n_rm"] == 0.0
+    assert "best_of_n_rm" not in sample_metrics(wrong)
+
+
 def test_selected_records_have_the_sft_columns():
     df = scored_samples()
     kept = select(df, SelectionConfig())
@@ -354,3 +378,31 @@ def test_evaluate_writes_metrics(prompt_dir, tiny_model):
     )
     assert "| pass@1 |" in (out / "metrics.md").read_text()
     assert len(pd.read_parquet(out / "greedy.parquet")) == 6
+
+
+@pytest.mark.slow
+def test_reward_model_scores_exactly_the_rows_that_need_it(prompt_dir, tiny_model, tmp_path):
+    """The scorer skips prompts whose samples are all wrong; the scores it gives match a full scoring."""
+    from core.config import ModelConfig
+    from reject_sampling.scoring import score_with_reward_model
+
+    verified = scored_samples().drop(columns="rm_score")
+    verified.loc[verified["id"] == "p2", "correct"] = False
+    path = tmp_path / "verified.parquet"
+    verified.to_parquet(path)
+    rm = ModelConfig(name="rm", path=tiny_model["reward_model"])
+
+    def scored(every_row: bool) -> pd.DataFrame:
+        out = tmp_path / f"scored_{every_row}.parquet"
+        return score_with_reward_model(
+            path, out, rm, every_row=every_row, max_length=64, batch_tokens=256, use_cpu=True, progress=False
+        )
+
+    full, partial = scored(True), scored(False)
+    assert full["rm_score"].map(math.isfinite).all()
+    assert partial["rm_score"].isna().tolist() == [False] * 4 + [True] * 4
+    assert partial["rm_score"][:4].tolist() == pytest.approx(full["rm_score"][:4].tolist(), abs=1e-5)
+    pd.testing.assert_frame_equal(partial.drop(columns="rm_score"), verified)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scored_False.parquet", "scored_True.parquet", "verified.parquet",
+    ]  # fmt: skip
