@@ -36,6 +36,7 @@ VERIFIERS: dict[str, VerifierFn] = {}
 # Thousands-separated numbers first, so "1,000" is one number, not "000".
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+_INTEGER = re.compile(r"-?\d+")
 
 
 class VerificationTimeout(BaseException):
@@ -100,9 +101,26 @@ def _as_latex(answer: str) -> str:
     return f"${answer}$"
 
 
+def integer_verdict(completion: str, gold: str) -> Verdict:
+    """The math verdict without math-verify when the gold answer is a plain integer and the completion's
+    answer is a plain integer or missing, else None (undecided: ask math-verify). Two integers are
+    equivalent exactly when their values are equal, so this agrees with math-verify, in ~20 µs instead of
+    ~2 ms per sample (most of a rejection-sampling round's verification time on integer-answer problems)."""
+    gold_text = str(gold).strip() if gold is not None else ""
+    if not _INTEGER.fullmatch(gold_text):
+        return None
+    answer = extract_answer(completion)
+    if answer is None:
+        return False
+    return int(answer) == int(gold_text) if _INTEGER.fullmatch(answer) else None
+
+
 @register_verifier("math")
 def verify_math(completion: str, gold: str) -> Verdict:
-    """math-verify equivalence (fractions vs decimals, `x=3` vs `3`, sets, intervals, units)."""
+    """math-verify equivalence (fractions vs decimals, `x=3` vs `3`, sets, intervals, units); plain
+    integers against an integer gold answer are compared directly (`integer_verdict`)."""
+    if (quick := integer_verdict(completion, gold)) is not None:
+        return quick
     from math_verify import parse, verify
 
     # This module enforces the time limit itself (see the module docstring); silence the reminder.
@@ -205,10 +223,24 @@ def verify_batch(
         raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
     sources = list(data_sources) if data_sources is not None else ["math"] * len(completions)
     functions = {s: get_verifier(s) for s in set(sources)}  # fails fast on an unknown data_source
-    if workers <= 0 or len(completions) <= chunk_size:
-        return [verify(c, g, s, timeout) for c, g, s in zip(completions, golds, sources, strict=True)]
-    items = [(c, g, functions[s]) for c, g, s in zip(completions, golds, sources, strict=True)]
+    verdicts: list[Verdict] = [None] * len(completions)
+    # Integer answers are settled here; a pool (whose workers take seconds to import math-verify) only
+    # starts for what is left.
+    pending = []
+    for i, (c, g, s) in enumerate(zip(completions, golds, sources, strict=True)):
+        quick = integer_verdict(c, g) if functions[s] is verify_math else None
+        if quick is None:
+            pending.append(i)
+        else:
+            verdicts[i] = quick
+    if workers <= 0 or len(pending) <= chunk_size:
+        for i in pending:
+            verdicts[i] = verify(completions[i], golds[i], sources[i], timeout)
+        return verdicts
+    items = [(completions[i], golds[i], functions[sources[i]]) for i in pending]
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         results = pool.map(_verify_chunk, chunks, [timeout] * len(chunks))
-        return [v for chunk in results for v in chunk]
+        for i, v in zip(pending, (v for chunk in results for v in chunk), strict=True):
+            verdicts[i] = v
+    return verdicts

@@ -464,7 +464,8 @@ def test_dead_worker_gives_none_and_pool_recovers(helper_pool):
 
 def test_verify_batch_parallel_matches_sequential():
     rng = random.Random(0)
-    numeric = [(T + f"\\boxed{{{i}}}", str(i) if i % 3 else str(i + 1), i % 3 != 0) for i in range(110)]
+    # Decimals, not integers: integer answers never reach the pool (see the next tests).
+    numeric = [(T + f"\\boxed{{{i}.5}}", f"{i}.5" if i % 3 else f"{i + 1}.5", i % 3 != 0) for i in range(110)]
     cases = [tuple(p.values) for p in EQUIVALENCE_CASES]
     items = numeric + cases + [(T + "\\boxed{1}", "proof", None)] * 5
     rng.shuffle(items)
@@ -475,6 +476,31 @@ def test_verify_batch_parallel_matches_sequential():
     assert sequential == expected
     parallel = verify_batch(completions, golds, workers=2)
     assert parallel == sequential
+
+
+def test_integer_fast_path_agrees_with_math_verify(monkeypatch):
+    rng = random.Random(0)
+    golds = ["7", "-3", "0", "0042", " 12 ", "123456789012345678901234567890", "1,000", "2.5", "x=3", "proof"]
+    answers = ["7", "-3", "-0", "42", "12", "007", "8", "1000", "1,000", "2.50", "x=7", "\\frac{14}{2}"]
+    completions = [T + f"The answer is \\boxed{{{a}}}." for a in answers]
+    completions += [T + "So it is 42.", T + "No answer here.", "<think>7+0=7, unfinished"]
+    cases = [(c, g) for c in completions for g in golds]
+    rng.shuffle(cases)
+    fast = [verify(c, g) for c, g in cases]
+    decided = [verifier.integer_verdict(c, g) is not None for c, g in cases]
+    assert sum(decided) >= 60  # the fast path actually ran on most integer cases
+    monkeypatch.setattr(verifier, "integer_verdict", lambda completion, gold: None)
+    assert fast == [verify(c, g) for c, g in cases]  # the same verdicts through math-verify alone
+
+
+def test_verify_batch_starts_no_pool_for_integer_answers(monkeypatch):
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool started")
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", no_pool)
+    completions = [T + f"\\boxed{{{i}}}" for i in range(300)]
+    golds = [str(i if i % 4 else i + 1) for i in range(300)]
+    assert verify_batch(completions, golds, workers=2) == [i % 4 != 0 for i in range(300)]
 
 
 def test_verify_batch_small_batch_with_workers_runs_in_process():
