@@ -223,6 +223,7 @@ SMALL_RUN = [
     "train_sft.sft.max_steps=60",
     "reward_model.rm.max_steps=10",
     "reject_sampling.prompts.max_prompts=120",
+    "reject_sampling.sampling.n=4",
     "evaluate.prompts.max_prompts=40",
     "grpo.grpo.max_steps=4",
     "reject_sampling.sampling.backend=hf",
