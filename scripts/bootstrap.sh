@@ -19,7 +19,7 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
   exit 0
 fi
 PYTHON=${PYTHON:-python3}
-echo "[bootstrap] creating/updating $VENV from $(basename "$REQ") (first time: ~3 minutes)" >&2
+echo "[bootstrap] creating/updating $VENV from $(basename "$REQ") (first time: ~5 minutes)" >&2
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 # The machines' pip config lists local wheel folders that may not exist: drop those warnings.
 pip_install() {
