@@ -188,6 +188,11 @@ def compose_all(steps: list[Step]) -> None:
             ) from e
 
 
+def step_log(run_dir: str | Path, step_name: str) -> Path:
+    """Where a step's output is kept: `runs/<run>/logs/pipeline/round_1.sft.log` for step round_1/sft."""
+    return Path(run_dir) / "logs" / "pipeline" / f"{step_name.replace('/', '.')}.log"
+
+
 def batches(steps: list[Step], side_by_side: bool) -> list[list[int]]:
     """Indices of the steps to run together: adjacent steps of one `pair` with `side_by_side`, else one by one."""
     out: list[list[int]] = []
@@ -219,6 +224,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     started = time.time()
 
+    def log_file(step: Step) -> Path:
+        return step_log(run_dir, step.name)
+
     def launch(step: Step, tee: bool, env: dict[str, str] | None = None) -> float:
         t0 = time.time()
         target, schema = STAGES[step.stage]
@@ -229,9 +237,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             target, schema, step.cfg, log_file=log_file(step), tee=tee, accelerate_config=accelerate, env=env
         )
         return time.time() - t0
-
-    def log_file(step: Step) -> Path:
-        return run_dir / "logs" / "pipeline" / f"{step.name.replace('/', '.')}.log"
 
     for batch in batches(steps, side_by_side):
         group = [steps[i] for i in batch]

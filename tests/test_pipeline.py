@@ -16,7 +16,7 @@ from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
 from pipeline.config import PipelineConfig
 from pipeline.report import collect
-from pipeline.run import batches, compose_all, plan
+from pipeline.run import batches, compose_all, plan, step_log
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -267,9 +267,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert final["pass@1"] >= first["pass@1"] - 2 * se - 1e-9
 
     # Every step's log (side-by-side steps write only there) says it skipped, the second time only.
-    logs = {
-        s["name"]: tmp_path / "logs/pipeline" / f"{s['name'].replace('/', '.')}.log" for s in status["steps"]
-    }
+    logs = {s["name"]: step_log(tmp_path, s["name"]) for s in status["steps"]}
     assert not [name for name, log in logs.items() if "skipping" in log.read_text()]
     again = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

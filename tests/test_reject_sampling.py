@@ -381,7 +381,7 @@ def test_evaluate_writes_metrics(prompt_dir, tiny_model):
 
 
 @pytest.mark.slow
-def test_reward_model_scores_exactly_the_rows_that_need_it(prompt_dir, tiny_model, tmp_path):
+def test_reward_model_scores_exactly_the_rows_that_need_it(tiny_model, tmp_path):
     """The scorer skips prompts whose samples are all wrong; the scores it gives match a full scoring."""
     from core.config import ModelConfig
     from reject_sampling.scoring import score_with_reward_model
