@@ -263,7 +263,6 @@ def run(cfg: GRPOStageConfig) -> Manifest:
     if cfg.rewards.reward_model:
         require_model_dir(cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)")
     tokenizer = load_tokenizer(cfg.model)
-    tokenizer.padding_side = "left"
     prepared, identities = prepare(
         cfg.data, tokenizer, cfg.model.instruction_suffix, cfg.grpo.max_prompt_length, cfg.grpo.seed
     )

@@ -25,6 +25,7 @@ from reject_sampling.config import EvaluateConfig
 from reject_sampling.metrics import metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    describe_table,
     draw_samples,
     restart_if_changed,
     score_with_reward_model,
@@ -76,12 +77,11 @@ def run(cfg: EvaluateConfig) -> dict:
             batch_tokens=cfg.rm_batch_tokens, use_cpu=cfg.use_cpu, progress=cfg.progress,
             log_file=out / "logs/rm_score.log",
         )  # fmt: skip
+        scored_file = describe_table(scored, out / "scored.parquet")
     else:
         scored = pd.read_parquet(verified_path)
-    outputs = {
-        "samples": describe_file(samples_path, out),
-        "scored": write_table(scored, out / "scored.parquet"),
-    }
+        scored_file = write_table(scored, out / "scored.parquet")
+    outputs = {"samples": describe_file(samples_path, out), "scored": scored_file}
     verified_path.unlink()
     metrics = {
         "name": cfg.name,

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from core.artifacts import fingerprint_files, sha256_text, write_parquet_atomic
+from core.artifacts import OutputFile, describe_file, fingerprint_files, sha256_text, write_parquet_atomic
 from core.config import ModelConfig
 from core.launch import needs_own_process, run_step
 from core.models import require_model_dir
@@ -155,8 +155,13 @@ def model_fingerprint(path: str) -> str:
     return fingerprint_files([p for p in Path(path).iterdir() if p.is_file()])
 
 
-def write_table(df: pd.DataFrame, path: Path):
+def write_table(df: pd.DataFrame, path: Path) -> OutputFile:
     return write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def describe_table(df: pd.DataFrame, path: Path) -> OutputFile:
+    """The manifest entry of `df`, already written to `path` by `write_table` (no second write)."""
+    return describe_file(path, path.parent, rows=len(df), columns=list(df.columns))
 
 
 def restart_if_changed(out: Path, key: dict, intermediates: list[str], force: bool = False) -> None:

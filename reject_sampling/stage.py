@@ -32,6 +32,7 @@ from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    describe_table,
     draw_samples,
     restart_if_changed,
     score_with_reward_model,
@@ -59,7 +60,9 @@ def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFr
         verified = verify_samples(pd.read_parquet(samples_path), cfg.verifier, cfg.verifier_workers)
         write_table(verified, verified_path)
     if not cfg.use_reward_model:
-        return pd.read_parquet(verified_path).assign(rm_score=float("nan"))
+        scored = pd.read_parquet(verified_path).assign(rm_score=float("nan"))
+        write_table(scored, out / "scored.parquet")
+        return scored
     return score_with_reward_model(
         verified_path,
         out / "scored.parquet",
@@ -88,7 +91,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
 
     samples_path = draw_samples(cfg, cfg.sampling, out / "samples.parquet", log_file=out / "logs/sample.log")
     scored = score(cfg, out, samples_path)
-    scored_file = write_table(scored, out / "scored.parquet")
+    scored_file = describe_table(scored, out / "scored.parquet")
 
     kept = select(scored, cfg.selection)
     counter = ChatTokenCounter(load_tokenizer(cfg.model), cfg.model.instruction_suffix)

@@ -386,6 +386,10 @@ def test_saved_model_files_and_manifest(main_run, sft_model):
         load_file(str(out / "model" / "model.safetensors")),
     )
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # The tokenizer is saved as it came (TRL pads prompts left per call; the next SFT round pads right).
+    assert (out / "model" / "tokenizer_config.json").read_text() == (
+        sft_model / "tokenizer_config.json"
+    ).read_text()
     assert (
         manifest.metrics["backend"] == "transformers" and manifest.metrics["data"]["prompts"] == MAIN_PROMPTS
     )
@@ -444,7 +448,6 @@ def test_early_stop_abandons_micro_batches_whose_importance_ratio_exceeds_the_bo
         f"grpo.early_stop_imp_ratio={bound}",
     )
     tokenizer = load_tokenizer(cfg.model)
-    tokenizer.padding_side = "left"
     prepared, _ = prepare(cfg.data, tokenizer, cfg.model.instruction_suffix, 128, 0)
     trainer = stage.build_trainer(cfg, tokenizer, prepared, tmp_path / "out", "transformers")
     generate = trainer._generate_and_score_completions
