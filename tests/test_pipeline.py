@@ -226,6 +226,7 @@ SMALL_RUN = [
     "reject_sampling.sampling.n=4",
     "evaluate.prompts.max_prompts=40",
     "grpo.grpo.max_steps=4",
+    "grpo.grpo.per_device_train_batch_size=64",  # 8 prompts a step (the default takes 32)
     "reject_sampling.sampling.backend=hf",
     "grpo.generation.backend=transformers",  # vLLM colocate on CPU has its own test in test_grpo.py
 ]
