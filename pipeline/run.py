@@ -224,9 +224,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     started = time.time()
 
-    def log_file(step: Step) -> Path:
-        return step_log(run_dir, step.name)
-
     def launch(step: Step, tee: bool, env: dict[str, str] | None = None) -> float:
         t0 = time.time()
         target, schema = STAGES[step.stage]
@@ -234,7 +231,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             cfg.accelerate_config if cfg.launcher == "accelerate" and step.stage in TRAINING_STAGES else None
         )
         run_stage_process(
-            target, schema, step.cfg, log_file=log_file(step), tee=tee, accelerate_config=accelerate, env=env
+            target,
+            schema,
+            step.cfg,
+            log_file=step_log(run_dir, step.name),
+            tee=tee,
+            accelerate_config=accelerate,
+            env=env,
         )
         return time.time() - t0
 
@@ -258,7 +261,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             # Side by side, each with its share of the cores; their output goes to their logs only.
             threads = str(max(1, cores // len(group)))
             print(
-                f"side by side, {threads} thread(s) each; logs: {[str(log_file(s)) for s in group]}",
+                f"side by side, {threads} thread(s) each; logs: {[str(step_log(run_dir, s.name)) for s in group]}",
                 flush=True,
             )
             with ThreadPoolExecutor(len(group)) as pool:
