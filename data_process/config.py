@@ -102,9 +102,15 @@ class DataProcessConfig:
     run_name: str = help_field("default", help="Run name; outputs go under runs/<run_name>/.", hashed=False)
     run_dir: str = help_field("runs/${run_name}", hashed=False)
     input_dir: str | None = help_field(
-        None, help="OpenR1-Math root (default/ and extended/ shards) or a folder of shards; null = synthetic."
+        None,
+        help="OpenR1-Math root (default/ + extended/, or data/ + extended/ + all/), a folder of shards or "
+        "one parquet file; null = synthetic.",
     )
-    subsets: list[str] = help_field([], help="Subset folders to read (default, extended); [] reads all.")
+    subsets: list[str] = help_field(
+        [],
+        help="OpenR1 configs to read: default (data/ or default/), extended, all (both); other names select "
+        "top folders by name; [] reads all, each row once.",
+    )
     output_dir: str = help_field("${run_dir}/data", hashed=False)
     model: ModelConfig = field(default_factory=ModelConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -131,6 +137,8 @@ class DataProcessConfig:
             raise ValueError(f"sft_fraction must be in [0, 1], got {self.sft_fraction}")
         if self.max_sft_records is not None and self.max_sft_records < 0:
             raise ValueError("max_sft_records must be >= 0 or null")
+        if any(not str(s).strip() for s in self.subsets):
+            raise ValueError(f"subsets must be non-empty names, got {self.subsets}")
 
 
 register_schema("data_process_schema", DataProcessConfig)

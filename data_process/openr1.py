@@ -1,13 +1,31 @@
 """The OpenR1-Math-220k parquet layout: its schema, shard discovery, up-front validation, streaming reads.
 
-Real layout: `<root>/default/train-0000k-of-00010.parquet` (93,733 rows) and `<root>/extended/...`
-(131,396 rows). Every shard's schema is checked before the first row is read, so a missing or mistyped
-column is an error naming the file and the column, not a crash deep inside pyarrow half-way through.
+The Hub repository's layout depends on the revision:
+
+    early revisions                      later revisions (e.g. 075afe0)
+    default/train-*.parquet  (93,733)    data/train-*.parquet          config `default`
+    extended/train-*.parquet (131,396)   extended/train-*.parquet      config `extended`
+                                         all/default-*, all/extended-* config `all`: the same rows again
+
+`plan_shards` maps both onto the two subsets `default` and `extended` and reads each subset from one
+place only: `data/` (or `default/`) and `extended/`; `all/` only for a subset whose own folder is absent
+(a partial download). Reading every file (`rglob`) would read each row twice: the exact-duplicate
+filter would then drop the second copies and report 225k "duplicates" the data does not have (or, with
+dedup off, every problem would be trained on twice). Any other
+folder (the synthetic `raw/default/`, a folder of one's own shards) is a subset named after the folder;
+files directly under the root are read too; a single file is read as it is. Every file found is either
+read or skipped with a reason, and `ShardPlan.describe()` puts both lists in the manifest.
+
+Every shard's schema is checked before the first row is read, so a missing or mistyped column is an error
+naming the file and the column, not a crash deep inside pyarrow half-way through. Per-trace list columns
+may hold nulls (real row 0 has `finish_reasons` and `correctness_llama` null): that is missing
+information about the traces, handled row by row in data_process/records.py, not a schema error.
 Rows are read one record batch at a time, so memory stays bounded whatever the input size.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +75,64 @@ class SchemaError(ValueError):
     """An input file does not have the OpenR1-Math columns and types this stage needs."""
 
 
+# Where each OpenR1 config lives, preferred folder first: `data/` (later revisions) over `default/` (early).
+CONFIG_FOLDERS = {"default": ("data", "default"), "extended": ("extended",)}
+COMBINED_FOLDER = "all"  # later revisions' config `all`: default + extended again, as all/<config>-*.parquet
+# Names `subsets` accepts besides subset labels; `all` also selects all/ files whose name names no config.
+SUBSET_ALIASES = {"data": ("default",), "all": ("default", "extended", COMBINED_FOLDER)}
+
+
 @dataclass(frozen=True)
 class Shard:
+    """One parquet file to read. `subset` is the OpenR1 config it holds (`default`, `extended`) for the
+    known folders, else the name of its top folder ('' for a file directly under the root)."""
+
     path: Path
     subset: str
     rows: int
+
+
+@dataclass(frozen=True)
+class _Found:
+    path: Path
+    folder: str  # top folder under the root; '' for a file directly under it
+    subset: str
+
+
+@dataclass
+class ShardPlan:
+    """The files to read and, for every other parquet file found, why it is not read."""
+
+    root: Path
+    shards: list[Shard]
+    skipped: dict[Path, str]
+
+    def _rel(self, path: Path) -> str:
+        return path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: {"read": {path: {subset, rows}}, "skipped": {path: reason}}, paths relative
+        to the root."""
+        return {
+            "read": {self._rel(s.path): {"subset": s.subset, "rows": s.rows} for s in self.shards},
+            "skipped": {self._rel(p): reason for p, reason in sorted(self.skipped.items())},
+        }
+
+    def summary(self) -> list[str]:
+        """Log lines: files and rows read per folder, files skipped per reason."""
+        read: Counter[str] = Counter()
+        rows: Counter[str] = Counter()
+        for s in self.shards:
+            folder = str(Path(self._rel(s.path)).parent)
+            read[folder] += 1
+            rows[folder] += s.rows
+        where = {d: "the root" if d == "." else f"{d}/" for d in read}
+        lines = [
+            f"reading {n} file(s), {rows[d]} rows, from {where[d]} of {self.root}" for d, n in read.items()
+        ]
+        skipped = Counter(self.skipped.values())
+        lines += [f"skipping {n} file(s): {reason}" for reason, n in sorted(skipped.items())]
+        return lines
 
 
 def _kind(t: pa.DataType) -> str:
@@ -103,22 +174,122 @@ def validate_schema(path: Path, schema: pa.Schema, required: tuple[str, ...]) ->
 
 
 def discover_shards(input_dir: str | Path, subsets: list[str] | None) -> list[Shard]:
-    """Every parquet file under `input_dir`, optionally only under the named subset folders."""
+    """The shards `plan_shards` reads (the skipped files and their reasons dropped)."""
+    return plan_shards(input_dir, subsets).shards
+
+
+def plan_shards(input_dir: str | Path, subsets: list[str] | None = None) -> ShardPlan:
+    """Which parquet files under `input_dir` to read, and why each other one is skipped.
+
+    `subsets` ([] or None: all) names OpenR1 configs (`default` selects `data/` or `default/`, `extended`
+    selects `extended/`, `all` both) or, for other layouts, top folders by name. A name that matches
+    nothing is an error, so a typo cannot silently read half the data. A single file is read as it is:
+    it has no folders for `subsets` to choose from.
+    """
     root = Path(input_dir)
     if not root.exists():
         raise FileNotFoundError(f"input_dir {root} does not exist")
-    files = sorted(root.rglob("*.parquet")) if root.is_dir() else [root]
-    files = [f for f in files if not f.name.startswith(".")]
+    if root.is_file():
+        return ShardPlan(root, [_shard(root, "")], {})
+    found, skipped = _find(root)
+    wanted = _expand_subsets(subsets, found, root)
+    present = {f.folder for f in found}
     shards = []
-    for f in files:
-        subset = f.relative_to(root).parts[0] if root.is_dir() and len(f.relative_to(root).parts) > 1 else ""
-        if subsets and subset not in subsets:
-            continue
-        shards.append(Shard(path=f, subset=subset, rows=pq.ParquetFile(f).metadata.num_rows))
+    for f in found:
+        reason = _unselected_reason(f, wanted, subsets) or _duplicate_reason(f, present)
+        if reason:
+            skipped[f.path] = reason
+        else:
+            shards.append(_shard(f.path, f.subset))
     if not shards:
-        wanted = f" in subsets {subsets}" if subsets else ""
-        raise FileNotFoundError(f"no parquet files found under {root}{wanted}")
-    return shards
+        why = "; ".join(sorted(set(skipped.values()))) or "no parquet files"
+        raise FileNotFoundError(f"nothing to read under {root}: {why}")
+    return ShardPlan(root, sorted(shards, key=_read_order), skipped)
+
+
+def _read_order(shard: Shard) -> tuple[int, str]:
+    """Config `default` first, then `extended`, then other subsets, each in path order, whichever folder
+    holds them: "first seen" decisions (exact duplicates, `max_sft_records`) do not depend on the layout."""
+    configs = list(CONFIG_FOLDERS)
+    rank = configs.index(shard.subset) if shard.subset in configs else len(configs)
+    return rank, str(shard.path)
+
+
+def _shard(path: Path, subset: str) -> Shard:
+    return Shard(path=path, subset=subset, rows=pq.ParquetFile(path).metadata.num_rows)
+
+
+def _subset_of(folder: str, name: str) -> str:
+    """The config a file holds: from its folder, or for `all/` from its name (`all/extended-00001-...`)."""
+    for subset, folders in CONFIG_FOLDERS.items():
+        if folder in folders:
+            return subset
+    if folder == COMBINED_FOLDER:
+        prefix = name.split("-", 1)[0]
+        return prefix if prefix in CONFIG_FOLDERS else COMBINED_FOLDER
+    return folder
+
+
+def _find(root: Path) -> tuple[list[_Found], dict[Path, str]]:
+    """Every parquet file under `root`, except hidden ones (`.cache/` of `huggingface-cli download`,
+    partly written `.tmp` files), which are returned as skipped."""
+    found, skipped = [], {}
+    for path in sorted(root.rglob("*.parquet")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            skipped[path] = "hidden file or folder (a cache or a partly written file)"
+            continue
+        folder = rel.parts[0] if len(rel.parts) > 1 else ""
+        found.append(_Found(path=path, folder=folder, subset=_subset_of(folder, path.name)))
+    return found, skipped
+
+
+def _expand_subsets(subsets: list[str] | None, found: list[_Found], root: Path) -> set[str] | None:
+    """The subset labels `subsets` selects (None: everything); an error for a name that matches nothing."""
+    if not subsets:
+        return None
+    available = {f.subset for f in found}
+    wanted = set()
+    for name in subsets:
+        labels = set(SUBSET_ALIASES.get(name, (name,)))
+        if not labels & available:
+            raise FileNotFoundError(
+                f"subset '{name}' matches no parquet file under {root}; found subsets {sorted(available)} "
+                f"(folders {sorted({f.folder or '.' for f in found})})"
+            )
+        wanted |= labels
+    return wanted
+
+
+def _unselected_reason(f: _Found, wanted: set[str] | None, subsets: list[str] | None) -> str | None:
+    if wanted is None or f.subset in wanted:
+        return None
+    return f"subset '{f.subset or '.'}' not in subsets {list(subsets or [])}"
+
+
+def _duplicate_reason(f: _Found, present: set[str]) -> str | None:
+    """Why `f` repeats rows that a file in another present folder holds, or None.
+
+    Within a config, the first present folder of CONFIG_FOLDERS wins (`data/` over an early revision's
+    `default/`, should both be there). `all/` is read only for a config none of whose folders is present.
+    """
+    if f.subset in CONFIG_FOLDERS and f.folder in CONFIG_FOLDERS[f.subset]:
+        preferred = next(d for d in CONFIG_FOLDERS[f.subset] if d in present)
+        if f.folder != preferred:
+            return (
+                f"{f.folder}/ holds config '{f.subset}' like {preferred}/ (another revision of the same "
+                f"rows); only {preferred}/ is read"
+            )
+        return None
+    if f.folder != COMBINED_FOLDER:
+        return None
+    configs = [f.subset] if f.subset in CONFIG_FOLDERS else list(CONFIG_FOLDERS)
+    own = [d for c in configs for d in CONFIG_FOLDERS[c] if d in present]
+    if not own:
+        return None
+    what = f"config '{f.subset}'" if f.subset in CONFIG_FOLDERS else "configs default + extended"
+    verb = "holds" if len(own) == 1 else "hold"
+    return f"all/ (config all) repeats the {what} rows that {' + '.join(d + '/' for d in own)} {verb}"
 
 
 def validate_shards(shards: list[Shard], required: tuple[str, ...] = REQUIRED_COLUMNS) -> None:

@@ -7,7 +7,9 @@ grow with the input. Each input row ends up in exactly one place of the row acco
 
 Kept rows become prompts (train or test split). Train-split rows additionally yield SFT records (verified
 correct, complete traces within the token limit) and preference pairs; what happened to each is counted
-under `sft` and `pairs` in the manifest.
+under `sft` and `pairs` in the manifest. The manifest also says which input files were read and which were
+skipped and why (`input_files`, see openr1.plan_shards), and how many well-formed rows and traces lack a
+per-trace flag (`missing_flags`, see records.missing_row_flags): such rows are kept, not dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from core.verifier import verify_batch
 from data_process import records, synthetic
 from data_process.config import DataProcessConfig
 from data_process.dedup import Decontaminator, NearDuplicateIndex, exact_key, read_eval_prompts
-from data_process.openr1 import discover_shards, iter_batches, validate_shards
+from data_process.openr1 import iter_batches, plan_shards, validate_shards
 
 log = logging.getLogger(__name__)
 STAGE = "data_process"
@@ -97,6 +99,9 @@ class _Processor:
         self.sft_stats: Counter[str] = Counter()
         self.pair_stats: Counter[str] = Counter()
         self.split_counts: Counter[str] = Counter()
+        self.missing_rows: Counter[str] = Counter()
+        self.missing_traces: Counter[str] = Counter()
+        self.rows_checked = self.traces_checked = 0
         self.rows_read = self.rows_kept = self.sft_tokens = 0
         self.exact_seen: set[bytes] = set()
         self.near = (
@@ -117,6 +122,7 @@ class _Processor:
         reason = records.malformed_reason(row)
         if reason:
             return reason
+        self.count_missing_flags(row)
         f = self.cfg.filters
         if f.question_types and row.get("question_type") not in f.question_types:
             return "question_type"
@@ -133,6 +139,22 @@ class _Processor:
         if self.decontam is not None and self.decontam.is_contaminated(problem):
             return "contaminated"
         return None
+
+    def count_missing_flags(self, row: dict[str, Any]) -> None:
+        """Gaps in the per-trace flags of a well-formed row, counted before the filters: they describe the
+        input data, whatever the filters later keep."""
+        self.missing_rows.update(records.missing_row_flags(row))
+        self.missing_traces.update(records.missing_trace_flags(row))
+        self.rows_checked += 1
+        self.traces_checked += len(row["generations"])
+
+    def missing_flags_metrics(self) -> dict[str, Any]:
+        return {
+            "rows_checked": self.rows_checked,
+            "traces_checked": self.traces_checked,
+            "rows": dict(sorted(self.missing_rows.items())),
+            "traces": dict(sorted(self.missing_traces.items())),
+        }
 
     def unique_id(self, row: dict[str, Any]) -> str:
         base = row.get("uuid") or "p-" + exact_key(row["problem"]).hex()
@@ -270,7 +292,10 @@ def run(cfg: DataProcessConfig) -> Manifest:
     # Everything that can be wrong with the inputs is checked before the first row is read.
     tokenizer = load_tokenizer(cfg.model)
     input_dir = Path(cfg.input_dir) if cfg.input_dir else ensure_synthetic_input(cfg)
-    shards = discover_shards(input_dir, cfg.subsets or None)
+    plan = plan_shards(input_dir, cfg.subsets or None)
+    for line in plan.summary():
+        log.info("data_process: %s", line)
+    shards = plan.shards
     validate_shards(shards)
     eval_files = [Path(p) for p in cfg.filters.decontaminate]
     decontam = None
@@ -323,6 +348,8 @@ def run(cfg: DataProcessConfig) -> Manifest:
         "rows_read": processor.rows_read,
         "rows_kept": processor.rows_kept,
         "rows_dropped": dropped,
+        "input_files": plan.describe(),
+        "missing_flags": processor.missing_flags_metrics(),
         "renamed_duplicate_ids": processor.renamed_ids,
         "prompts": dict(processor.split_counts),
         "sft": {

@@ -114,9 +114,14 @@ def test_malformed_rows_are_dropped_and_counted_not_crashed(data_process_cfg, tm
             correctness_llama=[],
             finish_reasons=[],
         ),
-        openr1_row(uuid="d", problem="Compute 5 + 5.", finish_reasons=["stop"]),
-        openr1_row(uuid="e", problem="Compute 6 + 6.", is_reasoning_complete=None),
+        openr1_row(uuid="d", problem="Compute 5 + 5.", finish_reasons=["stop"] * 5),
+        openr1_row(
+            uuid="e", problem="Compute 6 + 6.", generations=["<think>6+6=12.</think> \\boxed{12}", None] * 2
+        ),
         openr1_row(uuid="f", problem="Prove that 7 is prime.", answer="proof"),
+        openr1_row(
+            uuid="g", problem="Compute 7 + 7.", is_reasoning_complete=None
+        ),  # kept: a gap, not an error
     ]
     manifest, _ = run_on_rows(data_process_cfg, tmp_path, rows)
     m = manifest.metrics
@@ -124,11 +129,17 @@ def test_malformed_rows_are_dropped_and_counted_not_crashed(data_process_cfg, tm
         "empty_problem": 1,
         "missing_answer": 1,
         "no_generations": 1,
-        "list_length_mismatch": 1,
-        "null_is_reasoning_complete": 1,
+        "finish_reasons_longer_than_generations": 1,
+        "null_generation": 1,
         "unverifiable_answer": 1,
     }
-    assert m["rows_read"] == 7 and m["rows_kept"] == 1
+    assert m["rows_read"] == 8 and m["rows_kept"] == 2
+    # openr1_row's correctness_llama has a null for trace 3; rows dropped as malformed are not counted
+    assert m["missing_flags"]["rows"] == {
+        "null_element_correctness_llama": 2,
+        "null_is_reasoning_complete": 1,
+    }
+    assert m["missing_flags"]["rows_checked"] == 2
 
 
 @pytest.mark.parametrize(
@@ -324,3 +335,201 @@ def test_near_duplicate_needs_the_same_numbers():
     assert index.add_if_new(story)
     assert not index.add_if_new(story.replace("big blue album", "big album"))  # same numbers: duplicate
     assert index.add_if_new(story.replace("32", "21"))  # one number changed: a different problem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real OpenR1 rows with missing per-trace flags, and the two repository layouts
+
+CORRECT = "<think>2+2=4.</think> The answer is \\boxed{4}."
+WRONG = "<think>2+2=5.</think> The answer is \\boxed{5}."
+
+
+def real_row0_shape(**overrides):
+    """The shape of real row 0 of config `default`: finish_reasons and correctness_llama null."""
+    return openr1_row(
+        generations=[CORRECT, WRONG],
+        is_reasoning_complete=[True, True],
+        correctness_math_verify=[True, False],
+        correctness_llama=None,
+        finish_reasons=None,
+        **overrides,
+    )
+
+
+def test_real_row0_shape_yields_trace_0_and_counts_the_gaps(data_process_cfg, tmp_path):
+    manifest, out = run_on_rows(data_process_cfg, tmp_path, [real_row0_shape()])
+    m = manifest.metrics
+    assert m["rows_dropped"] == {} and m["rows_kept"] == 1
+    assert [r["output"] for r in read(out, "sft")] == [CORRECT]
+    assert [(p["chosen"], p["rejected"]) for p in read(out, "pairs")] == [(CORRECT, WRONG)]
+    assert m["missing_flags"] == {
+        "rows_checked": 1,
+        "traces_checked": 2,
+        "rows": {"null_correctness_llama": 1, "null_finish_reasons": 1},
+        "traces": {"completeness_from_is_reasoning_complete": 2},
+    }
+
+
+@pytest.mark.parametrize(("policy", "n_sft"), [("llama", 0), ("both", 0), ("either", 1), ("verifier", 1)])
+def test_null_correctness_list_verifies_nothing_under_policies_that_need_it(
+    data_process_cfg, tmp_path, policy, n_sft
+):
+    manifest, out = run_on_rows(
+        data_process_cfg, tmp_path, [real_row0_shape()], f"traces.correctness={policy}"
+    )
+    assert [r["output"] for r in read(out, "sft")] == [CORRECT] * n_sft
+    assert manifest.metrics["sft"].get("no_correct_complete_trace", 0) == 1 - n_sft
+
+
+def short_lists_row():
+    """openr1_row with short per-trace lists: correctness_math_verify covers traces 0-1 (and 0 is null),
+    finish_reasons covers 0-2; trace 3 is complete only by is_reasoning_complete, which says False."""
+    return openr1_row(
+        correctness_math_verify=[None, True],
+        correctness_llama=None,
+        finish_reasons=["stop", "stop", "stop"],
+    )
+
+
+def test_short_lists_flag_only_the_traces_they_cover(data_process_cfg, tmp_path):
+    row = short_lists_row()
+    manifest, out = run_on_rows(data_process_cfg, tmp_path, [row])
+    m = manifest.metrics
+    assert m["rows_dropped"] == {}
+    # trace 2 (the shortest correct one) has no flag: not verified, so the longer trace 1 is the output
+    assert [r["output"] for r in read(out, "sft")] == [row["generations"][1]]
+    # trace 0 (wrong, but unflagged) is not known to be wrong: no pair rather than a guessed negative
+    assert read(out, "pairs") == [] and m["pairs"]["no_pair"] == 1
+    assert m["missing_flags"]["rows"] == {
+        "null_correctness_llama": 1,
+        "null_element_correctness_math_verify": 1,
+        "short_correctness_math_verify": 1,
+        "short_finish_reasons": 1,
+    }
+    assert m["missing_flags"]["traces"] == {
+        "completeness_from_is_reasoning_complete": 1,
+        "no_correctness_flag": 3,
+    }
+
+
+def test_verifier_policy_rechecks_traces_without_flags(data_process_cfg, tmp_path):
+    row = short_lists_row()
+    _, out = run_on_rows(data_process_cfg, tmp_path, [row], "traces.correctness=verifier")
+    assert [r["output"] for r in read(out, "sft")] == [row["generations"][2]]
+    assert [(p["chosen"], p["rejected"]) for p in read(out, "pairs")] == [
+        (row["generations"][2], row["generations"][0])
+    ]
+
+
+def write_layout(root: Path, files: dict[str, list[dict]]) -> Path:
+    for rel, rows in files.items():
+        write_rows(root / rel, rows)
+    return root
+
+
+ROW_A = openr1_row(uuid="a")
+ROW_B = openr1_row(uuid="b", problem="What is 3 + 1?")
+
+
+@pytest.mark.parametrize(
+    ("files", "read_files"),
+    [
+        (  # early revisions
+            {
+                "default/train-00000-of-00001.parquet": [ROW_A],
+                "extended/train-00000-of-00001.parquet": [ROW_B],
+            },
+            ["default/train-00000-of-00001.parquet", "extended/train-00000-of-00001.parquet"],
+        ),
+        (  # later revisions: all/ holds the same rows again
+            {
+                "data/train-00000-of-00001.parquet": [ROW_A],
+                "extended/train-00000-of-00001.parquet": [ROW_B],
+                "all/default-00000-of-00001.parquet": [ROW_A],
+                "all/extended-00000-of-00001.parquet": [ROW_B],
+            },
+            ["data/train-00000-of-00001.parquet", "extended/train-00000-of-00001.parquet"],
+        ),
+    ],
+)
+def test_both_repository_layouts_read_every_row_once(data_process_cfg, tmp_path, files, read_files):
+    root = write_layout(tmp_path / "in", files)
+    manifest = run(data_process_cfg(f"input_dir={root}", "eval_fraction=0"))
+    m = manifest.metrics
+    assert sorted(m["input_files"]["read"]) == read_files
+    assert m["input_files"]["read"][read_files[0]] == {"subset": "default", "rows": 1}
+    assert sorted(m["input_files"]["skipped"]) == sorted(set(files) - set(read_files))
+    assert all("all/ (config all) repeats" in why for why in m["input_files"]["skipped"].values())
+    assert m["rows_read"] == 2 and m["rows_dropped"] == {}  # not doubled, no "duplicates" dropped
+
+
+def plan(root: Path, subsets=None) -> tuple[list[str], dict[str, str]]:
+    from data_process.openr1 import plan_shards
+
+    described = plan_shards(root, subsets).describe()
+    return sorted(described["read"]), described["skipped"]
+
+
+LATER = {
+    "data/train-00000-of-00002.parquet": [ROW_A],
+    "data/train-00001-of-00002.parquet": [ROW_A],
+    "extended/train-00000-of-00001.parquet": [ROW_B],
+    "all/default-00000-of-00001.parquet": [ROW_A],
+    "all/extended-00000-of-00001.parquet": [ROW_B],
+}
+
+
+def test_subsets_select_configs_in_either_layout(tmp_path):
+    root = write_layout(tmp_path / "later", LATER)
+    read_files, skipped = plan(root, ["default"])
+    assert read_files == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+    assert skipped["extended/train-00000-of-00001.parquet"] == "subset 'extended' not in subsets ['default']"
+    assert skipped["all/extended-00000-of-00001.parquet"] == "subset 'extended' not in subsets ['default']"
+    assert (
+        "repeats the config 'default' rows that data/ holds" in skipped["all/default-00000-of-00001.parquet"]
+    )
+    assert plan(root, ["extended"])[0] == ["extended/train-00000-of-00001.parquet"]
+    assert plan(root, ["all"])[0] == plan(root)[0] == [*read_files, "extended/train-00000-of-00001.parquet"]
+    early = write_layout(tmp_path / "early", {"default/x.parquet": [ROW_A], "extended/y.parquet": [ROW_B]})
+    assert plan(early, ["default"])[0] == ["default/x.parquet"]
+    with pytest.raises(FileNotFoundError, match="subset 'extnded' matches no parquet file"):
+        plan(root, ["extnded"])
+
+
+def test_all_folder_is_read_only_for_configs_whose_folder_is_absent(tmp_path):
+    only_all = write_layout(tmp_path / "a", {k: v for k, v in LATER.items() if k.startswith("all/")})
+    assert plan(only_all) == (
+        ["all/default-00000-of-00001.parquet", "all/extended-00000-of-00001.parquet"],
+        {},
+    )
+    partial = write_layout(tmp_path / "b", {k: v for k, v in LATER.items() if not k.startswith("extended/")})
+    read_files, skipped = plan(partial)
+    assert read_files == sorted(k for k in LATER if k.startswith(("data/", "all/extended")))
+    assert list(skipped) == ["all/default-00000-of-00001.parquet"]
+    both_revisions = write_layout(tmp_path / "c", {"data/x.parquet": [ROW_A], "default/x.parquet": [ROW_A]})
+    read_files, skipped = plan(both_revisions)
+    assert read_files == ["data/x.parquet"] and "only data/ is read" in skipped["default/x.parquet"]
+
+
+def test_configs_are_read_default_first_whatever_folder_holds_them(tmp_path):
+    from data_process.openr1 import plan_shards
+
+    partial = write_layout(tmp_path / "b", {k: v for k, v in LATER.items() if not k.startswith("extended/")})
+    shards = plan_shards(partial).shards
+    assert [s.path.relative_to(partial).as_posix() for s in shards] == [
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+        "all/extended-00000-of-00001.parquet",
+    ]
+    assert [s.subset for s in shards] == ["default", "default", "extended"]
+
+
+def test_flat_folder_single_file_and_hidden_files(tmp_path):
+    flat = write_layout(
+        tmp_path / "flat",
+        {"a.parquet": [ROW_A], "b.parquet": [ROW_B], ".cache/huggingface/c.parquet": [ROW_A]},
+    )
+    read_files, skipped = plan(flat)
+    assert read_files == ["a.parquet", "b.parquet"]
+    assert list(skipped) == [".cache/huggingface/c.parquet"]
+    assert plan(flat / "a.parquet", ["default"]) == (["a.parquet"], {})  # subsets choose folders, not files
