@@ -8,16 +8,52 @@ and the pipeline passes it Hydra overrides: `common` to every stage, then the st
 changes exactly what `python -m train_sft sft.learning_rate=3e-3 peft=lora model=qwen2.5-1.5b` would
 (a section key naming a config group, like `peft`, picks the group option). Every stage config is composed
 (and so validated) before the first stage starts, so a typo fails in seconds, not after an hour of SFT.
+
+Preset sections and command-line overrides are kept apart. A preset section holds group choices as plain
+strings (`train_sft: {sft: long_context}`); merging `train_sft.sft.max_steps=800` into that dict would
+turn the string into `{max_steps: 800}` and silently drop the choice (round-0 SFT back on conf/sft/tiny).
+So `python -m pipeline` rewrites every command-line `<section>.<key>=<value>` into its own entry of
+`cli_overrides`, keyed by its argv position (`++cli_overrides.arg3.train_sft.sft.max_steps=800`): no two
+entries share a key, and none touches a preset's section. The value keeps Hydra's syntax, so a sweep
+(`-m train_sft.sft.learning_rate=1e-3,3e-3`) still expands it. pipeline/run.py then turns the preset's
+section followed by these entries (argv order) into one Hydra override list in which a later value of
+the same key replaces an earlier one: `sft=long_context` and `sft.max_steps=800` are different keys, so
+both stay.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from core.config import help_field, register_schema
 
 LAUNCHERS = ("python", "accelerate")
+# PipelineConfig's per-stage override sections.
+SECTIONS = ("common", "data_process", "train_sft", "reward_model", "reject_sampling", "grpo", "evaluate")
+CLI_FIELD = "cli_overrides"
+_SECTION_ARG = re.compile(rf"^\+{{0,2}}(?P<override>(?:{'|'.join(SECTIONS)})\..*=.*)$", re.DOTALL)
+
+
+def command_line_overrides(args: list[str]) -> list[str]:
+    """The pipeline's command line with each `<section>.<key>=<value>` (also written `+...` / `++...`) moved
+    into its own `cli_overrides.arg<i>` entry, i = its position in `args`; every other argument (pipeline
+    fields, `experiment=`, `-m`, Hydra's own flags) is left as it is. See the module docstring for why."""
+    out = []
+    for i, arg in enumerate(args):
+        match = _SECTION_ARG.match(arg)
+        out.append(f"++{CLI_FIELD}.arg{i}.{match['override']}" if match else arg)
+    return out
+
+
+def cli_entries(cli: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`cli_overrides` as (section, its nested value) pairs in command-line order."""
+    out = []
+    for key in sorted(cli, key=lambda k: int(k.removeprefix("arg"))):
+        ((section, value),) = cli[key].items()
+        out.append((section, value))
+    return out
 
 
 @dataclass
@@ -80,6 +116,14 @@ class PipelineConfig:
     reject_sampling: dict[str, Any] = help_field({}, help="Overrides of conf/reject_sampling.yaml.")
     grpo: dict[str, Any] = help_field({}, help="Overrides of conf/grpo.yaml.")
     evaluate: dict[str, Any] = help_field({}, help="Overrides of conf/evaluate.yaml (every evaluation).")
+    cli_overrides: dict[str, Any] = help_field(
+        {}, help="The command line's section overrides, one entry per argument (arg<i>: {section: {key: value}}), "
+        "written by `python -m pipeline`; applied after the preset's sections.",
+    )  # fmt: skip
+    dry_run: bool = help_field(
+        False, help="Compose every step, write its resolved config to <run_dir>/plan/<step>.yaml, print the "
+        "plan with each step's amount of work, and run nothing.",
+    )  # fmt: skip
     report: bool = help_field(True, help="Write the run report (pipeline.report) at the end.")
     until: str | None = help_field(
         None, help="Stop after the step of this name (e.g. data, round_0/sft); null = run everything."
@@ -99,6 +143,20 @@ class PipelineConfig:
             )
         if self.next_round_steps < 1:
             raise ValueError(f"next_round_steps must be >= 1, got {self.next_round_steps}")
+        self._check_cli_overrides()
+
+    def _check_cli_overrides(self) -> None:
+        for key, entry in self.cli_overrides.items():
+            one_section = (
+                isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry.values())), dict)
+            )
+            if not (re.fullmatch(r"arg\d+", key) and one_section):
+                raise ValueError(
+                    f"{CLI_FIELD}.{key}: expected arg<i>: {{<section>: {{<key>: <value>}}}} (what `python -m "
+                    f"pipeline` writes for <section>.<key>=<value>), got {entry!r}"
+                )
+            if (section := next(iter(entry))) not in SECTIONS:
+                raise ValueError(f"{CLI_FIELD}.{key}: '{section}' is not one of the sections {SECTIONS}")
 
 
 register_schema("pipeline_schema", PipelineConfig)

@@ -1,9 +1,10 @@
 """The whole pipeline: data → rounds of (SFT → reward model → rejection sampling) → GRPO → evaluation → report.
 
     python -m pipeline                                   # what `bash train.sh` runs: the offline default
-    python -m pipeline rounds=3 'train_sft=[sft.max_steps=800]' 'reject_sampling=[sampling.n=8]'
-    python -m pipeline experiment=qwen2.5-1.5b_lora_16k common='[model.path=/models/Qwen2.5-1.5B-Instruct]'
-    python -m pipeline -m 'train_sft=[sft.learning_rate=1e-3],[sft.learning_rate=3e-3]'   # a sweep
+    python -m pipeline rounds=3 train_sft.sft.max_steps=800 reject_sampling.sampling.n=8
+    python -m pipeline experiment=qwen2.5-1.5b_lora_16k model_path=/models/Qwen2.5-1.5B-Instruct \
+        input_dir=/data/OpenR1-Math-220k dry_run=true          # compose, write plan/, print the work
+    python -m pipeline -m train_sft.sft.learning_rate=1e-3,3e-3                            # a sweep
 
 Round 0 fine-tunes the base model on the reference traces. Round k > 0 continues from round k-1's model
 for `next_round_steps` steps on round k-1's selected samples (mixed with the original records, weight
@@ -21,6 +22,12 @@ the first stage runs, so a typo fails at once. Stages skip themselves when their
 and inputs, so re-running the same command after a crash resumes at the first unfinished stage. The
 plan, each stage's wall time and status go to `runs/<run>/pipeline.json`; each stage's output is also
 kept in `runs/<run>/logs/pipeline/<step>.log`.
+
+A stage's overrides, in order: `common`, then the stage's section (both from the preset), then the command
+line's overrides of those two sections in argv order (`cli_overrides`, see pipeline/config.py), then what
+the plan itself sets (round, model paths, data, next-round steps). A later value of the same key replaces
+an earlier one in that list (`last_wins`), so a preset's `sft=long_context` survives
+`train_sft.sft.max_steps=800` (another key) and is replaced by `train_sft.sft=tiny` (the same key).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Any
 from core.artifacts import write_json_atomic
 from core.config import compose, to_typed
 from core.launch import run_stage_process
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, cli_entries
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +59,6 @@ STAGES = {
     "evaluate": ("reject_sampling.evaluate:run", "reject_sampling.config:EvaluateConfig"),
 }
 TRAINING_STAGES = {"train_sft", "reward_model", "grpo"}
-# PipelineConfig's per-stage override sections.
-SECTIONS = ("common", "data_process", "train_sft", "reward_model", "reject_sampling", "grpo", "evaluate")
 
 
 @dataclass
@@ -63,6 +68,9 @@ class Step:
     overrides: list[str]
     cfg: Any = field(default=None, repr=False)
     pair: str | None = None  # adjacent steps with the same pair are independent: they may run side by side
+
+    def __post_init__(self) -> None:
+        self.overrides = last_wins(self.overrides)
 
 
 _BARE = re.compile(r"[\w./\-+:@]+")
@@ -97,6 +105,31 @@ def as_overrides(section: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def override_key(override: str) -> str:
+    """What an override sets: `++sft.max_steps=8` and `sft.max_steps=9` set one key, `sft=long_context`
+    (the group choice) another."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def last_wins(overrides: list[str]) -> list[str]:
+    """Drop every override whose key comes again later: the value that holds is the last one, which is
+    what Hydra would make of the repeats too, but then the list a step records (pipeline.json, the dry
+    run's plan) shows each key once, with its value, and nothing rests on how a Hydra version treats a
+    group chosen twice."""
+    last = {override_key(o): i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[override_key(o)] == i]
+
+
+def stage_overrides(cfg: PipelineConfig, section: str) -> list[str]:
+    """The user's overrides of one stage: the preset's `common` and `section`, then the command line's
+    overrides of either in argv order (what was typed beats the preset it was typed against)."""
+    out = [*as_overrides(cfg.common), *as_overrides(getattr(cfg, section))]
+    for name, value in cli_entries(cfg.cli_overrides):
+        if name in ("common", section):
+            out += as_overrides(value)
+    return out
+
+
 def sft_data(run_dir: str, round: int, mix_original: float) -> str:
     sources = [f"{{path:{run_dir}/round_{round - 1}/reject_sampling,weight:1.0}}"]
     if mix_original > 0:
@@ -107,26 +140,28 @@ def sft_data(run_dir: str, round: int, mix_original: float) -> str:
 def plan(cfg: PipelineConfig) -> list[Step]:
     """Every stage of the run, in order, with its overrides (nothing is composed or run here)."""
     run = [f"run_name={cfg.run_name}", f"run_dir={cfg.run_dir}"]
-    base = [*run, *as_overrides(cfg.common)]
+
+    def user(section: str) -> list[str]:
+        return [*run, *stage_overrides(cfg, section)]
+
     rd = cfg.run_dir
     steps: list[Step] = []
     if cfg.build_tiny_model:
         steps.append(Step("tiny_model", "tiny_model", list(run)))
     base_model = [f"model.path={cfg.model_path}"] if cfg.model_path else []
-    data = [*base, *as_overrides(cfg.data_process), *base_model]
+    data = [*user("data_process"), *base_model]
     if cfg.input_dir:
         data.append(f"input_dir={cfg.input_dir}")
     steps.append(Step("data", "data_process", data))
 
     def evaluate(name: str, model_dir: str, rm_round: int | None) -> Step:
-        over = [*base, f"name={name}", f"model.name={name}", f"model.path={model_dir}"]
-        over += as_overrides(cfg.evaluate)
+        over = [*user("evaluate"), f"name={name}", f"model.name={name}", f"model.path={model_dir}"]
         if rm_round is not None:
             over += ["use_reward_model=true", f"reward_model.path={rd}/round_{rm_round}/reward_model/model"]
         return Step(f"eval/{name}", "evaluate", over)
 
     for k in range(cfg.rounds):
-        sft = [*base, *as_overrides(cfg.train_sft), f"round={k}"]
+        sft = [*user("train_sft"), f"round={k}"]
         evals: list[Step] = []
         rm_round = k if cfg.use_reward_model else None
         if k == 0:
@@ -152,7 +187,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         if len(evals) == 2:
             evals[0].pair = evals[1].pair = f"eval/round_{k}"
         if cfg.use_reward_model:
-            rm = [*base, *as_overrides(cfg.reward_model), f"round={k}"]
+            rm = [*user("reward_model"), f"round={k}"]
             if k > 0:
                 # The original pairs plus the previous round's on-policy ones (a weak policy yields few).
                 rm.append(f"extra_pairs=[{rd}/round_{k - 1}/reject_sampling]")
@@ -160,14 +195,14 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps += evals
         if k == cfg.rounds - 1 and not cfg.last_round_sampling:
             continue
-        rs = [*base, *as_overrides(cfg.reject_sampling), f"round={k}"]
+        rs = [*user("reject_sampling"), f"round={k}"]
         if not cfg.use_reward_model:
             rs += ["use_reward_model=false", "selection.policy=verified"]
         steps.append(Step(f"round_{k}/reject_sampling", "reject_sampling", rs))
     if cfg.run_grpo:
         # GRPO belongs to the last round: it starts from that round's SFT model (its config's default).
         last = cfg.rounds - 1
-        steps.append(Step(f"round_{last}/grpo", "grpo", [*base, *as_overrides(cfg.grpo), f"round={last}"]))
+        steps.append(Step(f"round_{last}/grpo", "grpo", [*user("grpo"), f"round={last}"]))
         steps.append(
             evaluate("grpo", f"{rd}/round_{last}/grpo/model", last if cfg.use_reward_model else None)
         )
@@ -212,6 +247,10 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             raise ValueError(f"until={cfg.until} is not a step of this pipeline; steps: {names}")
         steps = steps[: names.index(cfg.until) + 1]
     compose_all(steps)
+    if cfg.dry_run:
+        from pipeline.dry_run import dry_run  # imports this module: not at the top
+
+        return dry_run(cfg, steps)
     run_dir = Path(cfg.run_dir)
     status_path = run_dir / "pipeline.json"
     status: dict[str, Any] = {

@@ -119,3 +119,16 @@ def test_hash_ignores_locations_and_worker_counts():
     )
     c = to_typed(compose("data_process", ["filters.max_tokens=100"]), DataProcessConfig)
     assert stage_config_hash(a) == stage_config_hash(b) != stage_config_hash(c)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "++cli_overrides.x3.train_sft.sft.max_steps=1",  # not keyed by argv position
+        "++cli_overrides.arg3.nosuch.a=1",  # not a section
+        "++cli_overrides.arg3.train_sft=5",  # a whole section replaced, not a key of it
+    ],
+)
+def test_pipeline_command_line_entries_are_checked(override):
+    with pytest.raises(Exception, match="cli_overrides"):
+        to_typed(compose("pipeline", [override]), PipelineConfig)

@@ -7,16 +7,20 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
+from functools import cache, reduce
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
 from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
-from pipeline.config import PipelineConfig
+from pipeline.config import SECTIONS, PipelineConfig, command_line_overrides
 from pipeline.report import collect
-from pipeline.run import batches, compose_all, plan, step_log
+from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan, step_log
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -24,7 +28,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def pipeline_cfg(*overrides: str) -> PipelineConfig:
-    return to_typed(compose("pipeline", list(overrides)), PipelineConfig)
+    """Composed as `python -m pipeline <overrides>` composes it (section overrides kept apart)."""
+    return to_typed(compose("pipeline", command_line_overrides(list(overrides))), PipelineConfig)
+
+
+def gpu_preset(name: str, tmp_path: Path) -> list[str]:
+    """A GPU preset's command line: composing needs only existing local paths."""
+    return [f"experiment={name}", f"run_dir={tmp_path}", f"model_path={tmp_path}", f"input_dir={tmp_path}"]
 
 
 def plan_names(cfg: PipelineConfig) -> list[str]:
@@ -110,7 +120,7 @@ def test_later_rounds_continue_from_the_previous_model_beside_a_matched_control(
 
 
 def test_overrides_reach_their_stage_and_typos_fail_before_anything_runs():
-    steps = plan(pipeline_cfg("++train_sft.sft.learning_rate=0.003", "++reject_sampling.sampling.n=8"))
+    steps = plan(pipeline_cfg("train_sft.sft.learning_rate=0.003", "++reject_sampling.sampling.n=8"))
     compose_all(steps)
     by_name = {s.name: s.cfg for s in steps}
     assert (
@@ -120,7 +130,199 @@ def test_overrides_reach_their_stage_and_typos_fail_before_anything_runs():
     assert by_name["round_0/reject_sampling"].sampling.n == 8
     assert by_name["eval/round_0_sft"].sampling.n != 8  # evaluation keeps its own sampling
     with pytest.raises(ValueError, match=r"round_0/sft.*sft\.lrr"):
-        compose_all(plan(pipeline_cfg("++train_sft.sft.lrr=1")))
+        compose_all(plan(pipeline_cfg("train_sft.sft.lrr=1")))
+
+
+def test_the_command_line_keeps_section_overrides_apart():
+    args = [
+        "-m",
+        "experiment=x",
+        "train_sft.sft.lr=1,2",
+        "++common.model=m",
+        "rounds=3",
+        "hydra.verbose=true",
+    ]
+    assert command_line_overrides([*args, "train_sftx.a=1"]) == [
+        "-m",
+        "experiment=x",
+        "++cli_overrides.arg2.train_sft.sft.lr=1,2",
+        "++cli_overrides.arg3.common.model=m",
+        "rounds=3",
+        "hydra.verbose=true",
+        "train_sftx.a=1",
+    ]
+
+
+def test_a_later_value_of_a_key_replaces_the_earlier_one():
+    assert last_wins(["a=1", "++b.c=2", "b=x", "a=3", "b.c=4"]) == ["b=x", "a=3", "b.c=4"]
+    assert override_key("++sft.max_steps=8") == override_key("sft.max_steps=9") != override_key("sft=x")
+
+
+def test_the_issue_command_keeps_the_presets_sft_and_sampling(tmp_path):
+    """`experiment=qwen2.5-1.5b_lora_16k ... train_sft.sft.max_steps=800 reject_sampling.sampling.n=8` once
+    composed round-0 SFT on conf/sft/tiny (lr 1e-3, 512 tokens) and sampled with the hf backend, 128 tokens."""
+    cfg = pipeline_cfg(
+        *gpu_preset("qwen2.5-1.5b_lora_16k", tmp_path),
+        "train_sft.sft.max_steps=800",
+        "reject_sampling.sampling.n=8",
+        "common.model.path=/elsewhere",
+    )
+    steps = plan(cfg)
+    compose_all(steps)
+    by_name = {s.name: s.cfg for s in steps}
+    long_context = OmegaConf.load(CONF_DIR / "sft" / "long_context.yaml")
+    sft = by_name["round_0/sft"]
+    assert (sft.sft.learning_rate, sft.sft.max_length, sft.sft.max_steps) == (
+        long_context.learning_rate,
+        long_context.max_length,
+        800,
+    )
+    assert sft.peft.method == "lora" and sft.model.name == "qwen2.5-1.5b" and sft.model.path == str(tmp_path)
+    later = by_name["round_1/sft"].sft  # later rounds: the pipeline's next_round_steps and learning rate
+    assert (later.max_steps, later.learning_rate, later.max_length) == (500, 1e-5, 16384)
+    sampling = by_name["round_0/reject_sampling"].sampling
+    assert (sampling.backend, sampling.n, sampling.max_new_tokens) == ("auto", 8, 16384)
+    # common.model.path goes where the plan sets no path; the preset's model (bf16) stays everywhere.
+    assert by_name["round_0/reject_sampling"].model.path == "/elsewhere"
+    assert {c.model.dtype for c in by_name.values()} == {"bfloat16"}
+
+
+def test_a_command_line_choice_of_a_group_replaces_the_presets(tmp_path):
+    cfg = pipeline_cfg(
+        *gpu_preset("qwen2.5-1.5b_lora_16k", tmp_path), "train_sft.sft=tiny", "train_sft.sft.max_steps=9"
+    )
+    step = next(s for s in plan(cfg) if s.name == "round_0/sft")
+    assert [o for o in step.overrides if override_key(o) == "sft"] == ["sft=tiny"]  # one choice, the last
+    compose_all([step])
+    assert (step.cfg.sft.learning_rate, step.cfg.sft.max_steps) == (1e-3, 9)
+
+
+# One dotted override per section, of a key the plan itself never sets: section -> (key, typed value).
+SECTION_OVERRIDES: dict[str, tuple[str, Any]] = {
+    "common": ("model.dtype", "float16"),
+    "data_process": ("eval_fraction", 0.05),
+    "train_sft": ("sft.save_steps", 123),
+    "reward_model": ("rm.learning_rate", 3e-6),
+    "reject_sampling": ("sampling.n", 7),
+    "grpo": ("grpo.logging_steps", 3),
+    "evaluate": ("sampling.n", 2),
+}
+
+
+def receives(step: Step, section: str) -> bool:
+    return step.stage != "tiny_model" if section == "common" else step.stage == section
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def lookup(cfg: Any, dotted: str) -> Any:
+    return reduce(getattr, dotted.split("."), cfg)
+
+
+def preset_choices(name: str) -> dict[str, list[str]]:
+    """The group choices each section of a preset makes: {train_sft: ["sft=long_context", "peft=lora"]}."""
+    preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml"))
+    return {
+        section: [
+            f"{key}={value}"
+            for key, value in (preset.get(section) or {}).items()
+            if isinstance(value, str) and (CONF_DIR / key / f"{value}.yaml").is_file()
+        ]
+        for section in SECTIONS
+    }
+
+
+@cache
+def brought_by(stage: str, choice: str) -> dict[str, Any]:
+    """What a group choice gives a stage: the leaves of conf/<stage>.yaml composed with `choice` that
+    differ from its default composition (unresolved, so only the choice's own values show)."""
+    base = dict(leaves(OmegaConf.to_container(compose(stage, []))))
+    chosen = dict(leaves(OmegaConf.to_container(compose(stage, [choice]))))
+    return {k: v for k, v in chosen.items() if k not in base or base[k] != v}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_command_line_overrides_of_every_section_keep_the_presets_choices(name, tmp_path):
+    """Every preset with a dotted override of each of the seven sections (sections it sets and ones it
+    does not): every stage still gets every value its preset's group choices bring (unless a dotted key of
+    its own overrides sets that value), and every override reaches every stage of its section."""
+    over = gpu_preset(name, tmp_path) if name != "offline_cpu" else [f"run_dir={tmp_path}"]
+    over += [f"{section}.{key}={value}" for section, (key, value) in SECTION_OVERRIDES.items()]
+    steps = plan(pipeline_cfg(*over))
+    compose_all(steps)
+    checked = 0
+    for section, choices in preset_choices(name).items():
+        for step in (s for s in steps if receives(s, section)):
+            dotted = {k for k in map(override_key, step.overrides) if "." in k}
+            for leaf, value in (kv for choice in choices for kv in brought_by(step.stage, choice).items()):
+                if not any(leaf == k or leaf.startswith(f"{k}.") for k in dotted):
+                    assert lookup(step.cfg, leaf) == value, (step.name, leaf)
+                    checked += 1
+    assert checked > 0 or not any(preset_choices(name).values())
+    for section, (key, value) in SECTION_OVERRIDES.items():
+        reached = [s.name for s in steps if receives(s, section) and lookup(s.cfg, key) == value]
+        assert reached == [s.name for s in steps if receives(s, section)] != [], section
+
+
+def test_a_sweep_over_a_preset_section_keeps_its_choices(tmp_path):
+    """`-m train_sft.sft.learning_rate=1e-3,3e-3` on a preset: one dry run per value, both on long_context."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", *gpu_preset("qwen2.5-1.5b_lora_16k", tmp_path / "s"),
+         "dry_run=true", "train_sft.sft.learning_rate=1e-3,3e-3"],
+        cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for i, lr in enumerate([1e-3, 3e-3]):
+        sft = OmegaConf.load(tmp_path / f"s/sweep_{i}/plan/round_0/sft.yaml")
+        assert (sft.sft.learning_rate, sft.sft.max_length, sft.peft.method) == (lr, 16384, "lora")
+
+
+def test_dry_run_writes_every_steps_config_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    from pipeline.run import run
+
+    def launched(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a dry run started a stage")
+
+    monkeypatch.setattr("pipeline.run.run_stage_process", launched)
+    stale = tmp_path / "plan" / "round_7" / "sft.yaml"  # an earlier plan's step: removed
+    stale.parent.mkdir(parents=True)
+    stale.write_text("x")
+    status = run(
+        pipeline_cfg(f"run_dir={tmp_path}", "dry_run=true", "reject_sampling.prompts.max_prompts=100")
+    )
+    names = [s["name"] for s in status["steps"]]
+    assert names == plan_names(pipeline_cfg("rounds=2"))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(f"plan/{n}.yaml" for n in names)  # nothing else: no pipeline.json, no stage
+    sft = OmegaConf.load(tmp_path / "plan/round_1/sft.yaml")
+    assert sft.sft.max_steps == 300 and sft.model.path == f"{tmp_path}/round_0/sft/model"
+    assert OmegaConf.load(tmp_path / "plan/eval/round_0_sft.yaml").name == "round_0_sft"
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"dry run: 13 steps, nothing runs; each step's resolved config in {tmp_path}/plan/<step>.yaml"
+    )
+    expected = {
+        "[2/13] data (data_process): input synthetic, 6,000 problems;",
+        "[3/13] round_0/sft (train_sft): 400 steps x global batch 64 (64 per device x 1 accumulation x 1 "
+        "process) = 25,600 sequences, each <= 512 tokens;",
+        "[5/13] eval/round_0_sft (evaluate): all test prompts x (4 samples + 1 greedy) x <= 64 new tokens = "
+        "<= 320 tokens per prompt;",
+        "[6/13] round_0/reject_sampling (reject_sampling): 100 train prompts x 8 samples x <= 128 new tokens "
+        "= <= 102,400 tokens;",
+        "[12/13] round_1/grpo (grpo): 40 steps x 256 completions (32 prompts x 8) x <= 64 new tokens = "
+        "<= 655,360 tokens;",
+    }
+    assert {e for e in expected if any(line.startswith(e) for line in out)} == expected
+    # 102,400 + 655,360 generated tokens at most where prompts are capped; the evaluations are per prompt.
+    assert out[-1].startswith("generation: <= 757,760 new tokens in all (every sample at its cap), plus")
+    assert "eval/round_0_sft" in out[-1] and "round_0/reject_sampling" not in out[-1]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
