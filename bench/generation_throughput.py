@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from core.config import ModelConfig
-    from core.models import load_tokenizer
+    from core.models import chat_renderer, load_tokenizer
     from reject_sampling.backends import HFBackend, VLLMBackend
     from reject_sampling.config import SamplingConfig
     from reject_sampling.sample import render_prompts
@@ -63,7 +63,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model = ModelConfig(path=args.model)
     tokenizer = load_tokenizer(model)
-    prompts = render_prompts(tokenizer, questions(args.prompts), model.instruction_suffix)
+    prompts = render_prompts(chat_renderer(model, tokenizer), questions(args.prompts))
     ids = [str(i) for i in range(len(prompts))]
     sampling = SamplingConfig(
         temperature=1.0,

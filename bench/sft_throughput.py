@@ -154,7 +154,7 @@ def measure(trainer, steps: int, warmup: int = 5) -> dict:
 
 def run_ours(model_dir: Path, data: Path, args, work: Path) -> tuple[dict, float, object]:
     from core.config import compose, to_typed
-    from core.models import load_tokenizer
+    from core.models import chat_renderer, load_tokenizer
     from train_sft import stage
     from train_sft.data import prepare, resolve_source
 
@@ -176,12 +176,7 @@ def run_ours(model_dir: Path, data: Path, args, work: Path) -> tuple[dict, float
     cfg = to_typed(compose("train_sft", overrides), stage.SFTStageConfig)
     tokenizer = load_tokenizer(ModelConfig(path=str(model_dir)))
     prepared = prepare(
-        [resolve_source(s) for s in cfg.data],
-        tokenizer,
-        cfg.model.instruction_suffix,
-        args.max_length,
-        "drop",
-        0,
+        [resolve_source(s) for s in cfg.data], chat_renderer(cfg.model, tokenizer), args.max_length, "drop", 0
     )
     trainer = stage.build_trainer(cfg, tokenizer, prepared, work / "ours")
     mean_len = prepared.stats["tokens"] / prepared.stats["examples"]

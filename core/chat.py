@@ -101,76 +101,223 @@ def count_boxed(text: str) -> int:
     return len(re.findall(r"\\boxed\s*\{", text))
 
 
-def ensure_pad_token(tokenizer: Any) -> Any:
-    """Give the tokenizer a pad token distinct from eos.
+# `model.chat_template` presets for base models (a tokenizer without a template of its own).
+CHAT_TEMPLATES = {
+    # ChatML without a system prompt (Qwen base models have <|im_start|> / <|im_end|> in their vocabulary).
+    "chatml": (
+        "{%- for message in messages %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    ),
+    # Plain-text turns as DeepSeek-R1-Zero trained a base model: the generation prompt pre-fills <think> as
+    # R1's template does, and a turn ends with the tokenizer's eos.
+    "r1": (
+        "{%- if bos_token %}{{- bos_token }}{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}{{- 'User: ' + message['content'] + '\\n' }}"
+        "{%- elif message['role'] == 'assistant' %}{{- 'Assistant: ' + message['content'] + eos_token }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- 'Assistant: <think>\\n' }}{%- endif %}"
+    ),
+}
 
-    With pad == eos, collators mask every eos out of the labels and the model never learns to stop:
-    generation then runs to max tokens. Prefer an existing unused special token, else add `<|pad|>`.
+
+def resolve_chat_template(value: str) -> str:
+    """`model.chat_template`: a preset name (chatml, r1), a path to a Jinja file, or the template itself."""
+    from pathlib import Path
+
+    if value in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[value]
+    if "{" not in value:
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.chat_template={value!r} is neither a preset ({', '.join(CHAT_TEMPLATES)}), a Jinja "
+                f"template, nor an existing file"
+            )
+        return path.read_text()
+    return value
+
+
+# Tried in order before any other unused token: the names families give their padding token.
+PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|pad|>", "<pad>")
+_RESERVED = re.compile(r"<\|reserved_special_token_(\d+)\|>")
+
+
+def _unused_pad_candidates(tokenizer: Any, taken: set[str]) -> list[str]:
+    """Existing tokens that can pad: the usual names, then added tokens named *pad*, then Llama-3's reserved
+    special tokens (the highest-numbered first). None of them is eos, bos or the end of turn."""
+    vocab = tokenizer.get_vocab()
+    added = [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items())]
+    reserved = sorted(
+        (t for t in added if _RESERVED.fullmatch(t)), key=lambda t: -int(_RESERVED.fullmatch(t).group(1))
+    )
+    named = [t for t in added if "pad" in t.lower()]
+    ordered = [t for t in PAD_CANDIDATES if t in vocab] + named + reserved
+    return [t for t in dict.fromkeys(ordered) if t not in taken]
+
+
+def ensure_pad_token(tokenizer: Any, end_of_turn: str | None = None) -> Any:
+    """Give the tokenizer a pad token distinct from eos and from the end-of-turn token.
+
+    With pad == eos (R1-Distill) or no pad at all (Llama-3), collators mask every eos out of the labels and the
+    model never learns to stop. An existing unused token is preferred (Llama-3 has 250 reserved ones), so the
+    vocabulary, the embeddings and a LoRA adapter keep their sizes; `<|pad|>` is added only when none exists.
     """
-    eos = tokenizer.eos_token
-    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+    taken = {t for t in (tokenizer.eos_token, tokenizer.bos_token, end_of_turn) if t}
+    if tokenizer.pad_token is not None and tokenizer.pad_token not in taken:
         return tokenizer
-    for candidate in ("<|endoftext|>", "<|pad|>", "<pad>", "<|finetune_right_pad_id|>"):
-        if candidate != eos and candidate in tokenizer.get_vocab():
-            tokenizer.pad_token = candidate
-            return tokenizer
-    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    candidates = _unused_pad_candidates(tokenizer, taken)
+    if candidates:
+        tokenizer.pad_token = candidates[0]
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     return tokenizer
 
 
-class ChatTokenCounter:
-    """Token counts of single-turn conversations exactly as the chat template renders them.
+@dataclass(frozen=True)
+class Encoded:
+    """One conversation as token ids; `completion_mask` is 1 on the trained tokens (completion + end of turn)."""
 
-    Rendering a Jinja template per row is the slow part of counting millions of tokens, so the template is
-    rendered once with sentinel contents and split around them; each row is then plain string concatenation
-    followed by one batched (Rust) tokenizer call. Templates that rewrite the contents (the sentinels do not
-    come back verbatim) fall back to rendering every row.
+    input_ids: list[int]
+    completion_mask: list[int]
+
+    @property
+    def prompt_length(self) -> int:
+        return self.completion_mask.index(1) if 1 in self.completion_mask else len(self.input_ids)
+
+
+class TemplateError(ValueError):
+    """A chat template this pipeline cannot render single-turn conversations with."""
+
+
+class ChatRenderer:
+    """Every text a model sees, exactly as it generates it: the native generation prompt, the completion as
+    generated, then the family's end of turn.
+
+    - `prompt(q)` is `apply_chat_template([user], add_generation_prompt=True)`: Qwen2.5's default system prompt,
+      Llama-3's bos, R1's `<｜Assistant｜><think>\n`, Qwen3 with thinking on unless `template_kwargs` say otherwise.
+    - A trace is the whole assistant turn (`<think>reasoning</think>answer`), which artifacts store. Where the
+      generation prompt pre-fills part of it (`prefill`: R1's `<think>\n`), the model generates only the rest:
+      `completion(trace)` drops the prefill once and `trace(completion)` puts it back, so it is never doubled
+      (as rendering the conversation through the template would) nor lost.
+    - `end` is what the template writes after the assistant content (`<|im_end|>\n`, `<|eot_id|>`,
+      `<｜end▁of▁sentence｜>`); `eot` is its first special token, where generation stops. Training covers the
+      completion and `eot`, never the prompt and never what follows `eot`.
+
+    The conversation is not rendered through the template because templates rewrite assistant turns: R1's
+    strips the reasoning, Qwen3's moves it and writes an empty think block. For templates that do not
+    (Qwen2.5, Llama-3, ChatML) `text()` equals `apply_chat_template` of the conversation. Prompts are rendered
+    once with a sentinel and split around it (Jinja per row is the slow part of counting millions of
+    tokens); the shortcut is checked equal to the template at start-up and dropped where it is not.
     """
 
     _USER, _ASSISTANT = "\x00USER\x00", "\x00ASSISTANT\x00"
+    _PROBE = "Compute 1 + 1."
 
-    def __init__(self, tokenizer: Any, suffix: str = ""):
+    def __init__(self, tokenizer: Any, suffix: str = "", template_kwargs: dict[str, Any] | None = None):
+        if tokenizer.chat_template is None:
+            raise TemplateError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template: set "
+                f"model.chat_template (chatml, r1, or a Jinja file) for a base model"
+            )
         self.tokenizer, self.suffix = tokenizer, suffix
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": self._USER}, {"role": "assistant", "content": self._ASSISTANT}],
-            tokenize=False,
+        self.template_kwargs = dict(template_kwargs or {})
+        gen = self._template([{"role": "user", "content": self._USER}], add_generation_prompt=True)
+        self._prompt_parts: tuple[str, str] | None = None
+        if gen.count(self._USER) == 1:
+            before, after = gen.split(self._USER)
+            self._prompt_parts = (before, after)
+            if self.prompt(self._PROBE) != self._render_prompt(self._PROBE):
+                self._prompt_parts = None
+        generation_prompt, probe = self._render_prompt(self._PROBE), user_content(self._PROBE, "", suffix)
+        after_user = generation_prompt[generation_prompt.rfind(probe) + len(probe) :]
+        open_at = after_user.find(THINK_OPEN)
+        self.prefill = after_user[open_at:] if open_at >= 0 else ""
+        self.end, self.eot = self._end_of_turn()
+        self.eot_id: int = tokenizer.convert_tokens_to_ids(self.eot)
+
+    def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **self.template_kwargs
         )
-        u, a = rendered.find(self._USER), rendered.find(self._ASSISTANT)
-        self.parts: tuple[str, str, str] | None = None
-        if rendered.count(self._USER) == 1 and rendered.count(self._ASSISTANT) == 1 and u < a:
-            self.parts = (
-                rendered[:u],
-                rendered[u + len(self._USER) : a],
-                rendered[a + len(self._ASSISTANT) :],
-            )
 
-    def render(self, instruction: str, output: str, input: str = "") -> str:
-        user = user_content(instruction, input, self.suffix)
-        if self.parts is None:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user}, {"role": "assistant", "content": output}], tokenize=False
-            )
-        before, between, after = self.parts
-        return f"{before}{user}{between}{output}{after}"
+    def _render_prompt(self, instruction: str, input: str = "") -> str:
+        return self._template(prompt_messages(instruction, input, self.suffix), add_generation_prompt=True)
 
-    def render_prompt(self, instruction: str, input: str = "") -> str:
+    def _end_of_turn(self) -> tuple[str, str]:
+        rendered = self._template(
+            [{"role": "user", "content": self._USER}, {"role": "assistant", "content": self._ASSISTANT}],
+            add_generation_prompt=False,
+        )
+        if rendered.count(self._ASSISTANT) != 1:
+            raise TemplateError(
+                f"the chat template of {getattr(self.tokenizer, 'name_or_path', '')!r} does not write the "
+                f"assistant's content verbatim, so its end of turn cannot be found"
+            )
+        end = rendered.split(self._ASSISTANT)[1]
+        specials = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        found = sorted((end.find(t), -len(t), t) for t in specials if t in end)
+        if not found:
+            raise TemplateError(
+                f"the chat template ends an assistant turn with {end!r}, which holds no special token of the "
+                f"tokenizer: generation would never stop at the end of a turn"
+            )
+        at, _, eot = found[0]
+        return end, end[: at + len(eot)]
+
+    def prompt(self, instruction: str, input: str = "") -> str:
         """The user turn followed by the assistant's generation prompt: what a policy is sampled from."""
-        user = user_content(instruction, input, self.suffix)
-        if self.parts is None:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-            )
-        before, between, _ = self.parts
-        return f"{before}{user}{between}"
+        if self._prompt_parts is None:
+            return self._render_prompt(instruction, input)
+        before, after = self._prompt_parts
+        return f"{before}{user_content(instruction, input, self.suffix)}{after}"
 
-    def count(self, pairs: list[tuple[str, str]]) -> list[int]:
-        """Token counts for (instruction, output) pairs."""
-        if not pairs:
+    def completion(self, trace: str) -> str:
+        """What the model generates for this trace after the prompt: the trace without the prefill."""
+        if not self.prefill:
+            return trace
+        if trace.startswith(self.prefill):
+            return trace[len(self.prefill) :]
+        opening = self.prefill.strip()
+        if opening and trace.lstrip().startswith(opening):
+            return trace.lstrip()[len(opening) :].lstrip()
+        return trace
+
+    def trace(self, completion: str) -> str:
+        """A generated completion as the whole assistant turn (the prefill joined back once)."""
+        return self.prefill + completion
+
+    def text(self, instruction: str, trace: str, input: str = "") -> str:
+        """prompt + completion + end of turn: the whole sequence, as the model generated it."""
+        return f"{self.prompt(instruction, input)}{self.completion(trace)}{self.end}"
+
+    def encode(self, rows: list[tuple[str, str]]) -> list[Encoded]:
+        """(instruction, trace) pairs as ids with their trained span: the prompt, the completion with the end of
+        turn, and what follows it are tokenized apart, as a model sees a prompt and then its own tokens."""
+        if not rows:
             return []
-        texts = [self.render(instruction, output) for instruction, output in pairs]
+        tok = self.tokenizer
+        tail = self.end[len(self.eot) :]
+        prompts = tok([self.prompt(q) for q, _ in rows], add_special_tokens=False)["input_ids"]
+        completions = tok([self.completion(t) + self.eot for _, t in rows], add_special_tokens=False)[
+            "input_ids"
+        ]
+        tail_ids = tok(tail, add_special_tokens=False)["input_ids"] if tail else []
+        return [
+            Encoded(p + c + tail_ids, [0] * len(p) + [1] * len(c) + [0] * len(tail_ids))
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+    def count(self, rows: list[tuple[str, str]]) -> list[int]:
+        """Token counts of (instruction, trace) pairs as `text()` renders them."""
+        if not rows:
+            return []
+        texts = [self.text(q, t) for q, t in rows]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None and hasattr(backend, "encode_batch_fast"):
             # The Rust tokenizer directly, without offsets or Python id lists: 2-3x faster on long traces.
             return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -45,6 +45,15 @@ class ModelConfig:
     instruction_suffix: str = help_field(
         MATH_INSTRUCTION_SUFFIX, help="Appended to every problem in the user turn. Empty string: none."
     )
+    chat_template: str | None = help_field(
+        None,
+        help="For a base model without a chat template: chatml, r1, a Jinja file or the template itself. It is "
+        "saved with every trained model. null: the tokenizer's own template (required then).",
+    )
+    chat_template_kwargs: dict[str, Any] = help_field(
+        {},
+        help="Passed to apply_chat_template, e.g. {enable_thinking: false} for Qwen3 (default: thinking on).",
+    )
     trust_remote_code: bool = help_field(False, help="Allow custom modeling code in the model dir.")
     dtype: str = help_field("auto", help="auto | float32 | bfloat16 | float16.")
 

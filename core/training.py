@@ -96,7 +96,10 @@ def load_pretrained(
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=dtype,
         )
-    return model_cls.from_pretrained(
+        if torch.cuda.is_available():
+            # Each process's 4-bit model on its own GPU: without a device map every rank loads onto cuda:0.
+            kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", "0"))})
+    model = model_cls.from_pretrained(
         path,
         config=config,
         dtype=dtype,
@@ -105,6 +108,12 @@ def load_pretrained(
         local_files_only=True,
         **kwargs,
     )
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if partitioned:
+        local = sum(p.numel() for p in partitioned)
+        total = sum(p.ds_numel for p in partitioned)
+        log.info("ZeRO-3: parameters partitioned at load (%d of %d elements on this rank)", local, total)
+    return model
 
 
 def lora_config(peft: Any, task_type: str) -> Any:
@@ -156,13 +165,15 @@ def peak_memory_gb() -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def finalize_generation_config(model: Any, tokenizer: Any) -> None:
-    """Make generation stop at the end-of-turn token (and the pad-distinct eos), as vLLM and generate read it."""
+def finalize_generation_config(model: Any, tokenizer: Any, end_of_turn_id: int | None = None) -> None:
+    """Make generation stop at the end-of-turn token (and the eos ids it had), as vLLM and generate read them:
+    a base model given `model.chat_template` learns to end turns with a token its config never named."""
     gen = model.generation_config
     eos = gen.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    if tokenizer.eos_token_id not in eos_ids:
-        eos_ids.insert(0, tokenizer.eos_token_id)
+    for token_id in (tokenizer.eos_token_id, end_of_turn_id):
+        if token_id is not None and token_id not in eos_ids:
+            eos_ids.insert(0, token_id)
     gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
     gen.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
@@ -170,12 +181,23 @@ def finalize_generation_config(model: Any, tokenizer: Any) -> None:
 
 
 def merge_adapter(
-    base_path: str, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, model_cls: Any, **kwargs: Any
+    base_path: str,
+    adapter_dir: Path,
+    out_dir: Path,
+    dtype: torch.dtype,
+    model_cls: Any,
+    vocab_size: int | None = None,
+    **kwargs: Any,
 ) -> Any:
-    """Load the base in full precision (never the 4-bit copy QLoRA trained on), apply the adapter, merge."""
+    """Load the base in full precision (never the 4-bit copy QLoRA trained on), apply the adapter, merge.
+
+    Where training added a token (a pad the tokenizer lacked), the base is resized to `vocab_size` first;
+    the adapter carries the trained embedding and head rows (PEFT saves resized embedding layers)."""
     from peft import PeftModel
 
     base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True, **kwargs)
+    if vocab_size is not None and vocab_size > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(vocab_size)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     return merged

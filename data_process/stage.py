@@ -31,9 +31,9 @@ from core.artifacts import (
     is_complete,
     read_manifest,
 )
-from core.chat import ChatTokenCounter
+from core.chat import ChatRenderer
 from core.config import finish_stage, stage_config_hash
-from core.models import load_tokenizer
+from core.models import chat_renderer, load_tokenizer
 from core.verifier import verify_batch
 from data_process import records, synthetic
 from data_process.config import DataProcessConfig
@@ -92,7 +92,7 @@ class _Processor:
     """Holds the streaming state: dedup indexes, output sinks, counters."""
 
     def __init__(
-        self, cfg: DataProcessConfig, out: Path, counter: ChatTokenCounter, decontam: Decontaminator | None
+        self, cfg: DataProcessConfig, out: Path, counter: ChatRenderer, decontam: Decontaminator | None
     ):
         self.cfg, self.counter, self.decontam = cfg, counter, decontam
         self.drops: Counter[str] = Counter()
@@ -325,7 +325,7 @@ def run(cfg: DataProcessConfig) -> Manifest:
     invalidate(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    processor = _Processor(cfg, out, ChatTokenCounter(tokenizer, cfg.model.instruction_suffix), decontam)
+    processor = _Processor(cfg, out, chat_renderer(cfg.model, tokenizer), decontam)
     total = sum(s.rows for s in shards)
     processing_started = time.time()
     try:

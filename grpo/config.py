@@ -67,6 +67,9 @@ class RewardsConfig:
         "${run_dir}/round_${round}/reward_model/model",
         help="A sequence-classification model directory (one score); loaded only when reward_model != 0.",
     )
+    reward_model_max_length: int = help_field(
+        16384, help="Longest sequence the reward model scores; longer ones keep their end (the answer)."
+    )
 
     @property
     def weights(self) -> dict[str, float]:

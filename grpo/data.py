@@ -1,7 +1,9 @@
 """GRPO prompts: a prompt set with gold answers and/or reasoning-gym generators, checked before a model loads.
 
-Each prompt becomes a conversational example (`prompt` = the user turn as SFT rendered it, problem +
-instruction suffix), with its `answer` and the `data_source` whose verifier judges it. Prompts whose gold
+Each prompt becomes a plain-text example: `prompt` is the native generation prompt from core.chat.ChatRenderer
+(the same text sample.py and SFT use), so TRL applies no chat template of its own; `question` (the bare
+problem) and `prefill` (R1's `<think>\n`, joined back to every completion before it is judged) ride along as
+columns for the reward functions, with the `answer` and the `data_source` whose verifier judges it. Prompts whose gold
 cannot be judged (e.g. "proof") would only ever earn None, and prompts longer than `max_prompt_length`
 would be cut by nobody: both are dropped up front and counted.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from core.artifacts import resolve_input
-from core.chat import ChatTokenCounter, prompt_messages
+from core.chat import ChatRenderer
 from core.verifier import UNJUDGEABLE_GOLDS
 from grpo.config import GRPOData, ReasoningGymTask
 from grpo.rewards import REASONING_GYM
@@ -83,10 +85,24 @@ def reasoning_gym_rows(tasks: list[ReasoningGymTask], seed: int) -> list[dict[st
     return rows
 
 
+def trainer_prompt(renderer: ChatRenderer, question: str) -> str:
+    """The generation prompt as the text TRL tokenizes: TRL tokenizes plain prompts with the tokenizer's
+    special tokens on, so a bos the tokenizer adds itself (Llama-3, R1-Distill) is left out of the text
+    instead of appearing twice."""
+    text = renderer.prompt(question)
+    tok = renderer.tokenizer
+    bos = tok.bos_token
+    if bos and text.startswith(bos):
+        probe = tok("x")["input_ids"]
+        if probe and probe[0] == tok.bos_token_id:
+            return text[len(bos) :]
+    return text
+
+
 def prepare(
-    data: GRPOData, tokenizer: Any, suffix: str, max_prompt_length: int, seed: int
+    data: GRPOData, renderer: ChatRenderer, max_prompt_length: int, seed: int
 ) -> tuple[PreparedPrompts, dict[str, str]]:
-    """The prompts as conversational examples, their counts, and the identities of the inputs."""
+    """The prompts as plain-text examples, their counts, and the identities of the inputs."""
     rows, identities = [], {}
     if data.prompts is not None:
         file, identities["prompts"], _ = resolve_input(
@@ -103,8 +119,8 @@ def prepare(
         for r in rows
         if r["data_source"] != "math" or str(r["answer"]).strip().lower() not in UNJUDGEABLE_GOLDS
     ]
-    counter = ChatTokenCounter(tokenizer, suffix)
-    rendered = [counter.render_prompt(r["prompt"]) for r in judgeable]
+    rendered = [renderer.prompt(r["prompt"]) for r in judgeable]
+    tokenizer = renderer.tokenizer
     lengths = (
         [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]] if rendered else []
     )
@@ -129,7 +145,9 @@ def prepare(
     examples = [
         {
             "id": str(r["id"]),
-            "prompt": prompt_messages(r["prompt"], "", suffix),
+            "prompt": trainer_prompt(renderer, r["prompt"]),
+            "question": r["prompt"],
+            "prefill": renderer.prefill,
             "answer": str(r["answer"]),
             "data_source": r["data_source"],
         }

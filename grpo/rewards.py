@@ -6,8 +6,13 @@ NaN, and NaN rewards are skipped, not counted as wrong: the weighted sum over re
 (so the other functions still score that completion), the group baseline is a `nanmean`, and a completion
 every function declined gets advantage 0. Logged means (`rewards/<name>/mean`) are over judged completions.
 
-The reward model is not a function here: TRL scores with a sequence-classification model itself when it is
-given one in place of a function (`load_reward_model`).
+Completions arrive as generated; where the generation prompt pre-filled part of the turn (R1's `<think>\n`,
+the dataset's `prefill` column), every function judges `prefill + completion`, the whole trace.
+
+The reward model is a function too (`RewardModelReward`), not a model handed to TRL: TRL would re-render
+prompt + completion through the chat template, which for R1-Distill strips the reasoning, so the model
+would score other text than it was trained on. Here it scores exactly what reward_model trained on and
+reject_sampling scores: core.chat.ChatRenderer's prompt + completion + end of turn.
 
 reasoning-gym rows are verified through core.verifier's registry too (`data_source="reasoning_gym"`); their
 "gold" is the generator's JSON entry, which the package's own `score_answer` needs. The answer compared is the
@@ -44,27 +49,39 @@ def completion_text(completion: Any) -> str:
     return "".join(m["content"] for m in completion if m.get("role", "assistant") == "assistant")
 
 
+def traces(completions: Sequence[Any], prefill: Sequence[str] | None) -> list[str]:
+    """Each completion as the whole assistant turn: the row's prefill joined back once."""
+    texts = [completion_text(c) for c in completions]
+    if prefill is None:
+        return texts
+    return [p + t for p, t in zip(prefill, texts, strict=True)]
+
+
 @register_reward("accuracy")
 def accuracy(
     completions: Sequence[Any],
     answer: Sequence[str],
     data_source: Sequence[str] | None = None,
+    prefill: Sequence[str] | None = None,
     correct: float = 1.0,
     wrong: float = 0.0,
     **columns: Any,
 ) -> list[float | None]:
     """`correct` / `wrong` by the verifier of each row's data_source (math by default); None when it cannot judge."""
-    texts = [completion_text(c) for c in completions]
+    texts = traces(completions, prefill)
     verdicts = verify_batch(texts, list(answer), list(data_source) if data_source is not None else None)
     return [None if v is None else (correct if v else wrong) for v in verdicts]
 
 
 @register_reward("format")
 def format_reward(
-    completions: Sequence[Any], require_think: bool = True, **columns: Any
+    completions: Sequence[Any],
+    prefill: Sequence[str] | None = None,
+    require_think: bool = True,
+    **columns: Any,
 ) -> list[float | None]:
     """1 for closed reasoning and exactly one \\boxed{} answer after it, else 0."""
-    return [float(format_ok(completion_text(c), require_think)) for c in completions]
+    return [float(format_ok(t, require_think)) for t in traces(completions, prefill)]
 
 
 @register_reward("overlong")
@@ -84,10 +101,11 @@ def overlong_penalty(
     ]
 
 
-def build_reward_functions(rewards: Any, max_completion_length: int) -> tuple[list[Any], list[float]]:
+def build_reward_functions(
+    rewards: Any, max_completion_length: int, model: Any, use_cpu: bool
+) -> tuple[list[Any], list[float]]:
     """The configured reward functions (parameters bound) and their weights, in the order of
-    `rewards.weights`. `reward_model` becomes the loaded sequence-classification model, which TRL scores
-    itself (the text as the chat template renders prompt + completion, the score of its last token)."""
+    `rewards.weights`; `model` is the policy's ModelConfig (its instruction suffix and template options)."""
     params = {
         "accuracy": {"correct": rewards.correct, "wrong": rewards.wrong},
         "format": {"require_think": rewards.require_think},
@@ -99,20 +117,54 @@ def build_reward_functions(rewards: Any, max_completion_length: int) -> tuple[li
     functions, weights = [], []
     for name, weight in rewards.weights.items():
         if name == "reward_model":
-            functions.append(load_reward_model(rewards.reward_model_path))
+            functions.append(
+                RewardModelReward(rewards.reward_model_path, model, rewards.reward_model_max_length, use_cpu)
+            )
         else:
             functions.append(functools.partial(REWARDS[name], **params[name]))
         weights.append(float(weight))
     return functions, weights
 
 
-def load_reward_model(path: str) -> Any:
-    from transformers import AutoModelForSequenceClassification
+class RewardModelReward:
+    """The reward model's score of `question` + the whole trace, rendered as reward_model trained on it."""
 
-    from core.models import require_model_dir
+    __name__ = "reward_model"
 
-    require_model_dir(path, "reward model")
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True)
+    def __init__(self, path: str, model: Any, max_length: int, use_cpu: bool, batch_tokens: int = 16384):
+        import dataclasses
+
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from core.models import chat_renderer, load_tokenizer, require_model_dir
+        from reward_model.data import SequenceEncoder
+
+        require_model_dir(path, "reward model")
+        rm_model = dataclasses.replace(model, path=path, tokenizer_path=None)
+        tokenizer = load_tokenizer(rm_model)
+        self.encoder = SequenceEncoder(
+            chat_renderer(rm_model, tokenizer), max_length, "middle", 1, keep_tail_when_dropped=True
+        )
+        self.device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, local_files_only=True
+        ).to(self.device)
+        self.model.eval()
+        self.model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
+        self.pad_id, self.batch_tokens = tokenizer.pad_token_id, batch_tokens
+
+    def __call__(
+        self,
+        completions: Sequence[Any],
+        question: Sequence[str],
+        prefill: Sequence[str] | None = None,
+        **_: Any,
+    ) -> list[float | None]:
+        from reward_model.score import score_ids
+
+        ids, _counts = self.encoder.encode(list(question), traces(completions, prefill))
+        return score_ids(self.model, ids, self.pad_id, self.batch_tokens, self.device)
 
 
 # ---------------------------------------------------------------------------------------------- reasoning-gym

@@ -30,8 +30,9 @@ from core.artifacts import (
     read_manifest,
     write_json_atomic,
 )
+from core.chat import ChatRenderer
 from core.config import stage_config_hash, write_resolved_config
-from core.models import load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finalize_generation_config,
     finish_training_stage,
@@ -127,19 +128,7 @@ def build_trainer(
         from grpo.vllm_cpu import prepare_cpu_vllm
 
         prepare_cpu_vllm(gen.vllm_cpu_kvcache_gb)
-    model = load_pretrained(
-        AutoModelForCausalLM,
-        cfg.model.path,
-        dtype=torch_dtype(cfg.model.dtype, bf16),
-        attn_implementation=resolve_attention(g.attn_implementation, use_cpu),
-        trust_remote_code=cfg.model.trust_remote_code,
-        quantize_4bit=cfg.peft.method == "qlora",
-    )
-    reward_funcs, weights = build_reward_functions(cfg.rewards, g.max_completion_length)
-    reward_tokenizers = [
-        _reward_tokenizer(f.config.name_or_path) if isinstance(f, torch.nn.Module) else None
-        for f in reward_funcs
-    ]
+    reward_funcs, weights = build_reward_functions(cfg.rewards, g.max_completion_length, cfg.model, use_cpu)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
     args = GRPOConfig(
         output_dir=str(out / "checkpoints"),
@@ -188,13 +177,21 @@ def build_trainer(
         vllm_importance_sampling_correction=gen.vllm_importance_sampling_correction,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
     )
+    # Created after the trainer's arguments, which switch on ZeRO-3's partitioned load (see train_sft).
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        cfg.model.path,
+        dtype=torch_dtype(cfg.model.dtype, bf16),
+        attn_implementation=resolve_attention(g.attn_implementation, use_cpu),
+        trust_remote_code=cfg.model.trust_remote_code,
+        quantize_4bit=cfg.peft.method == "qlora",
+    )
     trainer = _trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=Dataset.from_list(prepared.examples),
         processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizers,
         peft_config=lora_config(cfg.peft, task_type="CAUSAL_LM"),
     )
     trainer.early_stop_imp_ratio = g.early_stop_imp_ratio
@@ -203,13 +200,9 @@ def build_trainer(
     return trainer
 
 
-def _reward_tokenizer(path: str) -> Any:
-    from core.config import ModelConfig
-
-    return load_tokenizer(ModelConfig(path=path))
-
-
-def save_outputs(cfg: GRPOStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
+def save_outputs(
+    cfg: GRPOStageConfig, trainer: Any, tokenizer: Any, renderer: ChatRenderer, out: Path
+) -> dict[str, Path]:
     """model/ (merged for LoRA/QLoRA, into a full-precision copy of the start model) and adapter/:
     safetensors, tokenizer, chat template, a generation config that stops at end of turn, train_config.yaml."""
     from transformers import AutoModelForCausalLM
@@ -228,10 +221,12 @@ def save_outputs(cfg: GRPOStageConfig, trainer: Any, tokenizer: Any, out: Path) 
         return dirs
     if cfg.peft.method != "none" and cfg.peft.merge:
         dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.grpo.bf16, resolve_use_cpu(cfg.use_cpu)))
-        merge_adapter(cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM)
+        merge_adapter(
+            cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
+        )
     if "model" in dirs:
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-        finalize_generation_config(model, tokenizer)
+        finalize_generation_config(model, tokenizer, renderer.eot_id)
         model.generation_config.save_pretrained(model_dir)
         model.config.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
@@ -263,8 +258,10 @@ def run(cfg: GRPOStageConfig) -> Manifest:
     if cfg.rewards.reward_model:
         require_model_dir(cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)")
     tokenizer = load_tokenizer(cfg.model)
-    prepared, identities = prepare(
-        cfg.data, tokenizer, cfg.model.instruction_suffix, cfg.grpo.max_prompt_length, cfg.grpo.seed
+    renderer = chat_renderer(cfg.model, tokenizer)
+    prepared, identities = prepare(cfg.data, renderer, cfg.grpo.max_prompt_length, cfg.grpo.seed)
+    log.info(
+        "grpo: first prompt as given to the policy:\n%s", renderer.prompt(prepared.examples[0]["question"])
     )
     check_prompts(prepared, cfg, world_size())
     inputs = {"model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]), **identities}
@@ -285,7 +282,7 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         log.info("grpo: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     # 4. Save for serving.
-    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    dirs = save_outputs(cfg, trainer, tokenizer, renderer, out)
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return Manifest(stage=STAGE, config_hash=chash, config={})
@@ -305,6 +302,7 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         "peak_memory": peak_memory_gb(),
         "processes": world_size(),
         "data": prepared.stats,
+        "preview": {"prompt": renderer.prompt(prepared.examples[0]["question"])},
     }
     manifest = finish_training_stage(
         out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started

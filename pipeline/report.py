@@ -187,7 +187,19 @@ def markdown(run_dir: Path, summary: dict[str, Any], plots: list[str]) -> str:
             f"{_fmt(rs.get('selected_records'))} | {_fmt(rs.get('pairs'))} | "
             f"{_fmt((rs.get('completion_tokens') or {}).get('mean'))} | {_fmt(rs.get('truncation_rate'))} |"
         )
+    empty = [
+        k
+        for k, s in summary["rounds"].items()
+        if (s.get("reject_sampling") or {}).get("selected_records") == 0
+    ]
     lines.append("")
+    for k in empty:
+        lines.append(
+            f"Round {k}'s rejection sampling kept no sample (no prompt had a verified-correct one): round {k + 1} "
+            f"trained on the original records and pairs alone."
+        )
+    if empty:
+        lines.append("")
     if summary["data"]:
         d = summary["data"]
         lines += ["## Data", "", "```", json.dumps({k: d[k] for k in d if k in ("rows_read", "rows_kept", "rows_dropped", "prompts", "sft", "pairs")}, indent=1), "```", ""]  # fmt: skip

@@ -63,9 +63,15 @@ def request_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def stop_token_ids(tokenizer: Any, model_path: str) -> list[int]:
-    """The tokenizer's eos followed by the eos ids of the model's generation_config.json (if any)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+def stop_token_ids(tokenizer: Any, model: ModelConfig) -> list[int]:
+    """The chat template's end-of-turn token, the tokenizer's eos, then the eos ids of the model's
+    generation_config.json (if any): a base model given `model.chat_template` stops at the turn's end too."""
+    from core.models import chat_renderer
+
+    ids = [chat_renderer(model, tokenizer).eot_id]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    model_path = model.path
     gen_file = Path(model_path) / "generation_config.json"
     if gen_file.exists():
         from transformers import GenerationConfig
@@ -126,7 +132,7 @@ class HFBackend:
             # Merged once: generation then runs at the base model's speed.
             self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
         self.model.to(self.device).eval()
-        self.eos_ids = stop_token_ids(tokenizer, model.path)
+        self.eos_ids = stop_token_ids(tokenizer, model)
         vocab = self.model.get_input_embeddings().num_embeddings
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None and pad < vocab else self.eos_ids[0]
@@ -226,6 +232,7 @@ class VLLMBackend:
         from vllm import LLM
 
         self.sampling, self.tokenizer, self.progress = sampling, tokenizer, progress
+        self.stop_ids = stop_token_ids(tokenizer, model)
         kwargs: dict[str, Any] = {}
         if use_cpu:
             # vLLM 0.31's CPU runner crashes ("CPU Generator does not use offset") when a seeded request's
@@ -268,6 +275,7 @@ class VLLMBackend:
                 top_k=s.top_k if s.top_k > 0 else -1,
                 max_tokens=s.max_new_tokens,
                 stop=list(s.stop) or None,
+                stop_token_ids=self.stop_ids,
                 seed=request_seed(s.seed, prompt_id),
             )
             for prompt_id in ids

@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.artifacts import describe_file, invalidate, is_complete, read_manifest, write_json_atomic
 from core.config import finish_stage, hydra_entry, stage_config_hash
+from core.models import chat_renderer, load_tokenizer
 from reject_sampling.config import EvaluateConfig
 from reject_sampling.metrics import metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
@@ -28,6 +29,7 @@ from reject_sampling.scoring import (
     describe_table,
     draw_samples,
     restart_if_changed,
+    sample_preview,
     score_with_reward_model,
     verify_samples,
     write_table,
@@ -87,6 +89,7 @@ def run(cfg: EvaluateConfig) -> dict:
         "name": cfg.name,
         "policy": cfg.model.name,
         **sample_metrics(scored, cfg.maj_ks or None, best_of_n=cfg.use_reward_model),
+        "preview": sample_preview(chat_renderer(cfg.model, load_tokenizer(cfg.model)), scored),
     }
     if cfg.greedy:
         greedy_path = draw(cfg, out, "greedy", greedy=True)

@@ -143,6 +143,8 @@ def metrics_markdown(metrics: dict[str, Any], title: str) -> str:
     """A small markdown table of the scalar metrics (for evaluate's metrics.md and the run report)."""
     rows = [f"# {title}", "", "| metric | value |", "|---|---|"]
     for key, value in metrics.items():
+        if key == "preview":  # whole texts: in metrics.json, not in a table
+            continue
         if isinstance(value, float):
             rows.append(f"| {key} | {value:.4f} |")
         elif isinstance(value, int):

@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from core.artifacts import atomic_path, sha256_text, write_json_atomic
-from core.chat import prompt_messages
+from core.chat import ChatRenderer
 from core.config import hashed_view, hydra_entry
-from core.models import load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
 from reject_sampling.backends import Completion, make_backend
 from reject_sampling.config import SampleConfig
@@ -73,14 +73,9 @@ def shard_output_path(output: str | Path, shard_index: int, num_shards: int) -> 
     return output.with_name(f"{output.stem}.shard-{shard_index:05d}-of-{num_shards:05d}{output.suffix}")
 
 
-def render_prompts(tokenizer: Any, questions: list[str], suffix: str) -> list[str]:
-    """The user turn (question + instruction suffix) in the model's chat template, generation prompt on."""
-    return [
-        tokenizer.apply_chat_template(
-            prompt_messages(q, "", suffix), tokenize=False, add_generation_prompt=True
-        )
-        for q in questions
-    ]
+def render_prompts(renderer: ChatRenderer, questions: list[str]) -> list[str]:
+    """Each question (+ instruction suffix) as the model's native generation prompt (core.chat.ChatRenderer)."""
+    return [renderer.prompt(q) for q in questions]
 
 
 def check_samples(table: pa.Table, ids: list[str], n: int, where: str) -> None:
@@ -162,14 +157,19 @@ def context_limit(cfg: SampleConfig, longest_prompt: int) -> int | None:
     return limit
 
 
-def samples_table(prompts: list[Prompt], completions: list[list[Completion]], policy: str) -> pa.Table:
+def samples_table(
+    prompts: list[Prompt], completions: list[list[Completion]], policy: str, prefill: str = ""
+) -> pa.Table:
+    """One row per sample. `completion` is the whole assistant turn: the generation prompt's prefill (R1's
+    `<think>\n`) joined back to what was generated, so verifier, selection and the next round's SFT records
+    all see the whole trace; `n_tokens` counts the generated tokens."""
     rows = [
         {
             "id": p.id,
             "prompt": p.prompt,
             "answer": p.answer,
             "sample_idx": k,
-            "completion": c.text,
+            "completion": prefill + c.text,
             "finish_reason": c.finish_reason,
             "n_tokens": c.n_tokens,
             "policy": policy,
@@ -243,7 +243,9 @@ def run(cfg: SampleConfig) -> Path:
         log.info("resuming: %d of %d chunks already done in %s", n_chunks - len(todo), n_chunks, parts_dir)
     if todo:
         tokenizer = load_tokenizer(cfg.model)
-        rendered = render_prompts(tokenizer, [p.prompt for p in prompts], cfg.model.instruction_suffix)
+        renderer = chat_renderer(cfg.model, tokenizer)
+        rendered = render_prompts(renderer, [p.prompt for p in prompts])
+        log.info("sample: first prompt as given to the model:\n%s", rendered[0])
         longest = max(len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"])
         backend = make_backend(
             cfg.model,
@@ -259,7 +261,7 @@ def run(cfg: SampleConfig) -> Path:
         for k in tqdm(todo, desc="sample", unit="chunk", disable=not cfg.progress):
             chunk = slice(k * cfg.chunk_prompts, (k + 1) * cfg.chunk_prompts)
             completions = backend.generate(rendered[chunk], [p.id for p in prompts[chunk]])
-            table = samples_table(prompts[chunk], completions, policy)
+            table = samples_table(prompts[chunk], completions, policy, renderer.prefill)
             tokens += sum(table.column("n_tokens").to_pylist())
             with atomic_path(parts[k]) as tmp:
                 pq.write_table(table, tmp)

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from core.artifacts import OutputFile, describe_file, fingerprint_files, sha256_text, write_parquet_atomic
+from core.chat import ChatRenderer
 from core.config import ModelConfig
 from core.launch import needs_own_process, run_step
 from core.models import require_model_dir
@@ -185,3 +186,11 @@ def restart_if_changed(out: Path, key: dict, intermediates: list[str], force: bo
     if marker.exists():
         log.info("%s: config or inputs changed since the interrupted run; starting over", out)
     marker.write_text(json.dumps({"key": digest}))
+
+
+def sample_preview(renderer: ChatRenderer, samples: pd.DataFrame) -> dict[str, str]:
+    """The first prompt exactly as the model was given it, and its first sample (the whole trace)."""
+    if samples.empty:
+        return {}
+    first = samples.iloc[0]
+    return {"prompt": renderer.prompt(first["prompt"]), "completion": first["completion"]}

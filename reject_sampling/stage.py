@@ -25,9 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
-from core.chat import ChatTokenCounter
 from core.config import finish_stage, stage_config_hash
-from core.models import load_tokenizer
+from core.models import chat_renderer, load_tokenizer
 from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
 from reject_sampling.scoring import (
@@ -35,6 +34,7 @@ from reject_sampling.scoring import (
     describe_table,
     draw_samples,
     restart_if_changed,
+    sample_preview,
     score_with_reward_model,
     verify_samples,
     write_table,
@@ -94,8 +94,8 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
     scored_file = describe_table(scored, out / "scored.parquet")
 
     kept = select(scored, cfg.selection)
-    counter = ChatTokenCounter(load_tokenizer(cfg.model), cfg.model.instruction_suffix)
-    n_tokens = counter.count(list(zip(kept["prompt"], kept["completion"], strict=True)))
+    renderer = chat_renderer(cfg.model, load_tokenizer(cfg.model))
+    n_tokens = renderer.count(list(zip(kept["prompt"], kept["completion"], strict=True)))
     source = {p.id: p.source or "unknown" for p in prompts.prompts}
     records = to_records(kept, n_tokens, sources=[source[i] for i in kept["id"]])
     outputs = {
@@ -111,6 +111,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
         **acceptance(scored, kept),
         "pairs": len(pairs),
         "policy": cfg.model.name,
+        "preview": sample_preview(renderer, scored),
     }
     log.info(
         "%s round %d: pass@1 %.3f, %d prompts -> %d selected records, %d pairs (%s)",

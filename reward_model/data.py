@@ -3,8 +3,9 @@
 An R1 trace ends with its final answer, so a pair longer than `max_length` keeps the prompt and the END
 of the completion and loses reasoning from the middle (`truncation=middle`); a prompt so long that fewer
 than `min_completion_tokens` of the completion would remain drops the pair instead. Both are counted.
-Sequences are rendered by the policy's chat template exactly as at sampling time (user turn + generation
-prompt + completion + end of turn), so training and scoring see the same text.
+Sequences are rendered by core.chat.ChatRenderer exactly as the policy generated them (native generation
+prompt + the completion as generated + end of turn, R1's `<think>\n` prefill kept once, its reasoning
+kept), so training, rejection-sampling scores and GRPO's reward-model reward all see the same text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from core.artifacts import resolve_input
-from core.chat import ChatTokenCounter
+from core.chat import ChatRenderer
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -53,8 +54,6 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
             if not isinstance(row[c], str) or not row[c].strip():
                 raise PairsError(f"{path}: row {i} has an empty or null '{c}'")
         row.setdefault("id", str(i))
-    if not rows:
-        raise PairsError(f"{path} holds no pairs")
     return rows
 
 
@@ -63,47 +62,34 @@ def is_eval(pair_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class SequenceEncoder:
-    """(prompt, completion) → ids under the chat template, cut in the middle when too long."""
+    """(prompt, trace) → ids under the renderer, cut in the middle when too long."""
 
     def __init__(
         self,
-        tokenizer: Any,
-        suffix: str,
+        renderer: ChatRenderer,
         max_length: int,
         truncation: str,
         min_completion: int,
         keep_tail_when_dropped: bool = False,
     ):
-        self.tokenizer, self.max_length = tokenizer, max_length
+        self.renderer, self.max_length = renderer, max_length
         self.truncation, self.min_completion = truncation, min_completion
         # Scoring must give every row a score: where training would drop a sequence, keep its last tokens.
         self.keep_tail_when_dropped = keep_tail_when_dropped
-        self.renderer = ChatTokenCounter(tokenizer, suffix)
 
     def encode(
         self, prompts: list[str], completions: list[str]
     ) -> tuple[list[list[int] | None], Counter[str]]:
         """Ids per row (None: dropped), and counts of what was truncated or dropped and why."""
-        prompt_texts = [self.renderer.render_prompt(p) for p in prompts]
-        full_texts = [self.renderer.render(p, c) for p, c in zip(prompts, completions, strict=True)]
-        prompt_ids = self.tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
-        full_ids = self.tokenizer(full_texts, add_special_tokens=False)["input_ids"]
         out: list[list[int] | None] = []
         counts: Counter[str] = Counter()
-        for p_ids, ids in zip(prompt_ids, full_ids, strict=True):
+        for e in self.renderer.encode(list(zip(prompts, completions, strict=True))):
+            ids = e.input_ids
             if len(ids) <= self.max_length:
                 out.append(ids)
                 continue
-            keep = self.max_length - _common_prefix(p_ids, ids)
+            keep = self.max_length - e.prompt_length
             if self.truncation == "drop" or keep < self.min_completion:
                 if self.keep_tail_when_dropped:
                     counts["kept_tail"] += 1

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from core.artifacts import atomic_path
 from core.config import hydra_entry
-from core.models import load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
 from reward_model.config import ScoreConfig
 from reward_model.data import SequenceEncoder
@@ -95,7 +95,7 @@ def run(cfg: ScoreConfig) -> Path:
         )
     model, tokenizer, device = load_scorer(cfg)
     encoder = SequenceEncoder(
-        tokenizer, cfg.model.instruction_suffix, cfg.max_length, "middle", 1, keep_tail_when_dropped=True
+        chat_renderer(cfg.model, tokenizer), cfg.max_length, "middle", 1, keep_tail_when_dropped=True
     )
     table = pq.read_table(source)
     parts_dir = output.with_name(output.name + ".parts")

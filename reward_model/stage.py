@@ -19,7 +19,7 @@ from typing import Any
 
 from core.artifacts import Manifest, fingerprint_files, invalidate, is_complete, read_manifest
 from core.config import stage_config_hash, write_resolved_config
-from core.models import load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finish_training_stage,
     is_main_process,
@@ -36,7 +36,14 @@ from core.training import (
     world_size,
 )
 from reward_model.config import RMStageConfig
-from reward_model.data import EncodedPairs, SequenceEncoder, encode_pairs, read_pairs, resolve_pairs
+from reward_model.data import (
+    EncodedPairs,
+    PairsError,
+    SequenceEncoder,
+    encode_pairs,
+    read_pairs,
+    resolve_pairs,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "reward_model"
@@ -66,7 +73,6 @@ def build_trainer(cfg: RMStageConfig, tokenizer: Any, pairs: EncodedPairs, out: 
     r = cfg.rm
     use_cpu = resolve_use_cpu(cfg.use_cpu)
     bf16 = resolve_bf16(r.bf16, use_cpu)
-    model = load_reward_model(cfg, tokenizer, use_cpu, bf16)
 
     def dataset(examples: list[dict[str, Any]]) -> Any:
         if r.margin:
@@ -102,6 +108,8 @@ def build_trainer(cfg: RMStageConfig, tokenizer: Any, pairs: EncodedPairs, out: 
         report_to=[x for x in r.report_to if x != "none"],
         ddp_find_unused_parameters=False if world_size() > 1 else None,
     )
+    # Created after the trainer's arguments, which switch on ZeRO-3's partitioned load (see train_sft).
+    model = load_reward_model(cfg, tokenizer, use_cpu, bf16)
     return RewardTrainer(
         model=model,
         args=args,
@@ -132,6 +140,7 @@ def save_outputs(cfg: RMStageConfig, trainer: Any, tokenizer: Any, out: Path) ->
             dirs["model"],
             dtype,
             AutoModelForSequenceClassification,
+            vocab_size=len(tokenizer),
             num_labels=1,
         )
         merged.config.pad_token_id = tokenizer.pad_token_id
@@ -140,6 +149,19 @@ def save_outputs(cfg: RMStageConfig, trainer: Any, tokenizer: Any, out: Path) ->
     (dirs["model"] / "training_args.bin").unlink(missing_ok=True)
     write_resolved_config(dirs["model"], cfg, name="train_config.yaml")
     return dirs
+
+
+def read_all_pairs(files: list[Path]) -> list[dict[str, Any]]:
+    """Every source's pairs. A source with none (a round in which no prompt had both a correct and a wrong
+    sample) is a valid artifact: a warning, and the reward model trains on the others."""
+    per_file = [(file, read_pairs(file)) for file in files]
+    for file, rows in per_file:
+        if not rows:
+            log.warning("reward_model: %s holds no pairs; training on the other sources", file)
+    rows = [row for _, file_rows in per_file for row in file_rows]
+    if not rows:
+        raise PairsError(f"no preference pairs in {[str(f) for f in files]}")
+    return rows
 
 
 def run(cfg: RMStageConfig) -> Manifest:
@@ -158,10 +180,13 @@ def run(cfg: RMStageConfig) -> Manifest:
         log.info("reward_model: %s is complete for this config and inputs; skipping", out)
         return read_manifest(out)  # type: ignore[return-value]
     r = cfg.rm
-    encoder = SequenceEncoder(
-        tokenizer, cfg.model.instruction_suffix, r.max_length, r.truncation, r.min_completion_tokens
+    renderer = chat_renderer(cfg.model, tokenizer)
+    encoder = SequenceEncoder(renderer, r.max_length, r.truncation, r.min_completion_tokens)
+    rows = read_all_pairs([file for file, _ in sources])
+    first = {side: renderer.text(rows[0]["prompt"], rows[0][side]) for side in ("chosen", "rejected")}
+    log.info(
+        "reward_model: first pair as scored:\n%s\n---- rejected:\n%s", first["chosen"], first["rejected"]
     )
-    rows = [row for file, _ in sources for row in read_pairs(file)]
     pairs = encode_pairs(rows, encoder, r.eval_fraction, r.seed)
     if is_main_process():
         invalidate(out)
@@ -194,6 +219,7 @@ def run(cfg: RMStageConfig) -> Manifest:
         "peak_memory": peak_memory_gb(),
         "processes": world_size(),
         "data": pairs.stats,
+        "preview": first,
     }
     manifest = finish_training_stage(
         out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started

@@ -182,3 +182,21 @@ def kill_at_checkpoint_then_rerun(cmd: list[str], checkpoint: Path, manifest: Pa
     done = subprocess.run(cmd, cwd=repo, env=offline_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight models around the real tokenizers of tests/realdata (see tests/families.py)."""
+    from tests.families import FAMILIES, build_family_model
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family_model(family, root / name) for name, family in FAMILIES.items()}
+
+
+def family_model_config(family_models: dict[str, Path], name: str, **fields: Any):
+    """The ModelConfig a user would write for that model (the base model gets model.chat_template=chatml)."""
+    from core.config import ModelConfig
+
+    if name == "base":
+        fields.setdefault("chat_template", "chatml")
+    return ModelConfig(name=name, path=str(family_models[name]), **fields)

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.chat import (
-    ChatTokenCounter,
+    ChatRenderer,
     ensure_pad_token,
     last_boxed,
     messages_to_record,
@@ -54,11 +54,11 @@ def test_ensure_pad_token_never_eos(tiny_model):
     assert tok.pad_token == "<|endoftext|>" != tok.eos_token
 
 
-def test_token_counter_matches_the_rendered_template(tiny_model):
+def test_renderer_counts_equal_the_rendered_template(tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model["policy"])
-    counter = ChatTokenCounter(tok, MATH_INSTRUCTION_SUFFIX)
-    assert counter.parts is not None
+    renderer = ChatRenderer(tok, MATH_INSTRUCTION_SUFFIX)
+    assert renderer._prompt_parts is not None  # the sentinel shortcut held for this template
     pairs = [("Compute 61 + 38.", "<think>61+38=99.</think> The answer is \\boxed{99}."), ("Q?", "A.")]
-    for (instruction, output), n in zip(pairs, counter.count(pairs), strict=True):
+    for (instruction, output), n in zip(pairs, renderer.count(pairs), strict=True):
         messages = record_to_messages({"instruction": instruction, "output": output}, MATH_INSTRUCTION_SUFFIX)
         assert n == len(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])

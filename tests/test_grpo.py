@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.artifacts import read_manifest
+from core.chat import ChatRenderer
 from core.config import CONF_DIR, compose, to_typed
 from grpo import stage
 from grpo.config import GRPOHyperparams, GRPOStageConfig, check_batch_arithmetic
@@ -78,7 +79,7 @@ def test_reward_functions_follow_the_config_order_with_their_weights():
         compose("grpo", ["rewards.format=0.2", "rewards.overlong=0.5", "rewards.overlong_buffer=8"]),
         GRPOStageConfig,
     )
-    functions, weights = build_reward_functions(cfg.rewards, max_completion_length=32)
+    functions, weights = build_reward_functions(cfg.rewards, 32, cfg.model, use_cpu=True)
     assert list(cfg.rewards.weights) == ["accuracy", "format", "overlong"] and weights == [1.0, 0.2, 0.5]
     long_ids = [[0] * 32]
     assert [f([as_message(WRONG)], answer=["19"], completion_ids=long_ids) for f in functions] == [
@@ -245,12 +246,14 @@ def test_prompts_from_a_stage_dir_or_file_drop_unjudgeable_and_overlong(grpo_cfg
 
     cfg = grpo_cfg()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    from_dir, ids = prepare(cfg.data, tokenizer, cfg.model.instruction_suffix, 512, 0)
+    renderer = ChatRenderer(tokenizer, cfg.model.instruction_suffix)
+    from_dir, ids = prepare(cfg.data, renderer, 512, 0)
     assert set(ids) == {"prompts"} and from_dir.stats["dropped_unjudgeable_gold"] == 0
     train_rows = pq.read_table(one_step_data / "prompts.parquet").filter(pa.compute.field("split") == "train")
     assert from_dir.stats["prompts"] == train_rows.num_rows
     example = from_dir.examples[0]
-    assert example["prompt"][0]["content"].endswith(cfg.model.instruction_suffix)
+    assert example["prompt"] == renderer.prompt(example["question"])  # the native generation prompt, as text
+    assert example["prompt"].endswith(cfg.model.instruction_suffix + "<|im_end|>\n<|im_start|>assistant\n")
     assert example["data_source"] == "math"
     rows = [
         {"id": "a", "prompt": "Compute 1 + 1.", "answer": "2", "split": "train"},
@@ -261,7 +264,7 @@ def test_prompts_from_a_stage_dir_or_file_drop_unjudgeable_and_overlong(grpo_cfg
     file = tmp_path / "p.parquet"
     pq.write_table(pa.Table.from_pylist(rows), file)
     cfg = grpo_cfg(f"data.prompts={file}")
-    prepared, _ = prepare(cfg.data, tokenizer, cfg.model.instruction_suffix, 128, 0)
+    prepared, _ = prepare(cfg.data, renderer, 128, 0)
     assert [e["id"] for e in prepared.examples] == ["a"]
     assert prepared.stats["dropped_unjudgeable_gold"] == 1 and prepared.stats["dropped_overlength"] == 1
 
@@ -299,10 +302,7 @@ def sampled_accuracy(model_dir: Path, examples: list[dict], n: int) -> list[floa
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    texts = [
-        tokenizer.apply_chat_template(e["prompt"], add_generation_prompt=True, tokenize=False)
-        for e in examples
-    ]
+    texts = [e["prompt"] for e in examples]  # already the rendered generation prompt
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -327,12 +327,12 @@ def test_grpo_raises_the_verifier_reward(main_run, sft_model):
     mean (one-sided z-test over 64 prompts, p < 0.0015). Prompts differ a lot in difficulty, which is why
     the comparison is paired by prompt. The training log must agree: the last WINDOW steps' mean verifier
     reward (WINDOW x 64 completions) above the first WINDOW steps'."""
-    from core.models import load_tokenizer
+    from core.models import chat_renderer, load_tokenizer
 
     cfg, manifest = main_run
     tokenizer = load_tokenizer(cfg.model)
     prepared, _ = prepare(
-        cfg.data, tokenizer, cfg.model.instruction_suffix, cfg.grpo.max_prompt_length, cfg.grpo.seed
+        cfg.data, chat_renderer(cfg.model, tokenizer), cfg.grpo.max_prompt_length, cfg.grpo.seed
     )
     before = sampled_accuracy(sft_model, prepared.examples, EVAL_SAMPLES)
     after = sampled_accuracy(Path(cfg.output_dir) / "model", prepared.examples, EVAL_SAMPLES)
@@ -438,7 +438,7 @@ def test_early_stop_abandons_micro_batches_whose_importance_ratio_exceeds_the_bo
     """pi_old is made stale by exactly 1 nat per token, so the mean importance ratio starts at e = 2.72: over a
     bound of 2 every micro-batch is abandoned (zero loss: Adam leaves the weights exactly as they were), under
     a bound of 5 none is."""
-    from core.models import load_tokenizer
+    from core.models import chat_renderer, load_tokenizer
 
     cfg = grpo_cfg(
         "grpo.max_steps=2",
@@ -448,7 +448,7 @@ def test_early_stop_abandons_micro_batches_whose_importance_ratio_exceeds_the_bo
         f"grpo.early_stop_imp_ratio={bound}",
     )
     tokenizer = load_tokenizer(cfg.model)
-    prepared, _ = prepare(cfg.data, tokenizer, cfg.model.instruction_suffix, 128, 0)
+    prepared, _ = prepare(cfg.data, chat_renderer(cfg.model, tokenizer), 128, 0)
     trainer = stage.build_trainer(cfg, tokenizer, prepared, tmp_path / "out", "transformers")
     generate = trainer._generate_and_score_completions
 
@@ -514,3 +514,34 @@ def test_resume_after_sigkill_continues_to_the_same_step_count(tmp_path, tiny_mo
     assert resumed_at >= 4 and m["global_step"] == 8
     assert [s for s, _ in m["curves"]["reward"]["curve"]] == list(range(1, 9))  # one continuous curve
     assert re.search(rf"\b{resumed_at + 1}/8\b", done.stderr) and not re.search(r"\b1/8\b", done.stderr)
+
+
+def test_reward_model_reward_scores_the_whole_trace_as_the_reward_model_trained(tmp_path, family_models):
+    """On R1-Distill: GRPO's completions start after the prefilled <think>\\n; the reward model must score
+    prompt + prefill + completion + end of turn, reasoning kept (TRL's own re-render would strip it), the
+    same ids and scores as reward_model.score gives the stored trace."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    from core.config import ModelConfig
+    from core.models import chat_renderer, load_tokenizer
+    from grpo.rewards import RewardModelReward
+    from reward_model.data import SequenceEncoder
+    from reward_model.score import score_ids
+    from tests.conftest import family_model_config
+
+    rm_dir = tmp_path / "rm"
+    shutil.copytree(family_models["r1"], rm_dir)
+    AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).save_pretrained(rm_dir)
+    policy = family_model_config(family_models, "r1")
+    reward = RewardModelReward(str(rm_dir), policy, max_length=512, use_cpu=True)
+    question, generated = "Compute 2 + 3.", "2 + 3 = 5.\n</think>\n\n\\boxed{5}"
+    scores = reward([generated, "</think>\\boxed{6}"], question=[question] * 2, prefill=["<think>\n"] * 2)
+    tokenizer = load_tokenizer(ModelConfig(path=str(rm_dir)))
+    renderer = chat_renderer(policy, tokenizer)
+    (ids,), _ = SequenceEncoder(renderer, 512, "middle", 1).encode([question], ["<think>\n" + generated])
+    assert tokenizer.decode(ids) == renderer.prompt(question) + generated + "<｜end▁of▁sentence｜>"
+    assert "2 + 3 = 5." in tokenizer.decode(ids)  # the reasoning the R1 template would strip
+    alone = score_ids(reward.model, [ids], tokenizer.pad_token_id, 10**6, "cpu")[0]
+    assert scores[0] == pytest.approx(alone, abs=1e-5) and scores[0] != pytest.approx(scores[1], abs=1e-6)

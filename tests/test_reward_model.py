@@ -14,6 +14,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from core.artifacts import read_manifest
+from core.chat import ChatRenderer
 from core.config import MATH_INSTRUCTION_SUFFIX, ModelConfig, compose, to_typed
 from data_process.synthetic import mistake_pairs
 from reward_model import score, stage
@@ -52,7 +53,10 @@ def tokenizer(tiny_model):
 
 def test_middle_truncation_keeps_prompt_and_final_answer(tokenizer):
     encoder = SequenceEncoder(
-        tokenizer, MATH_INSTRUCTION_SUFFIX, max_length=120, truncation="middle", min_completion=16
+        ChatRenderer(tokenizer, MATH_INSTRUCTION_SUFFIX),
+        max_length=120,
+        truncation="middle",
+        min_completion=16,
     )
     (ids,), counts = encoder.encode(["Compute 61 + 38 - 17."], [LONG_TRACE])
     assert len(ids) == 120 and counts == {"truncated_middle": 1}
@@ -63,17 +67,17 @@ def test_middle_truncation_keeps_prompt_and_final_answer(tokenizer):
 
 
 def test_truncation_drop_and_prompt_too_long_are_counted(tokenizer):
-    drop = SequenceEncoder(tokenizer, "", max_length=120, truncation="drop", min_completion=16)
+    drop = SequenceEncoder(ChatRenderer(tokenizer), max_length=120, truncation="drop", min_completion=16)
     (ids,), counts = drop.encode(["Q"], [LONG_TRACE])
     assert ids is None and counts == {"dropped_too_long": 1}
-    middle = SequenceEncoder(tokenizer, "", max_length=60, truncation="middle", min_completion=16)
+    middle = SequenceEncoder(ChatRenderer(tokenizer), max_length=60, truncation="middle", min_completion=16)
     (ids,), counts = middle.encode(["word " * 50], [LONG_TRACE])
     assert ids is None and counts == {"dropped_prompt_too_long": 1}
 
 
 def test_pairs_split_by_id_into_train_and_held_out(sft_data, tokenizer):
     rows = read_pairs(sft_data / "pairs.parquet")
-    encoder = SequenceEncoder(tokenizer, MATH_INSTRUCTION_SUFFIX, 512, "middle", 16)
+    encoder = SequenceEncoder(ChatRenderer(tokenizer, MATH_INSTRUCTION_SUFFIX), 512, "middle", 16)
     a = encode_pairs(rows, encoder, eval_fraction=0.2, seed=0)
     b = encode_pairs(list(reversed(rows)), encoder, eval_fraction=0.2, seed=0)
     assert a.stats["pairs_train"] + a.stats["pairs_eval"] == len(rows)
@@ -196,7 +200,9 @@ def test_scoring_gives_one_finite_score_per_row_in_input_order(trained_rm, tmp_p
     assert all(math.isfinite(s) for s in batched)
     # Length-sorted, padded batches must give each row the score it gets alone.
     model, tok, _ = score.load_scorer(_score_cfg(model_dir, src, out))
-    encoder = SequenceEncoder(tok, MATH_INSTRUCTION_SUFFIX, 8192, "middle", 1, keep_tail_when_dropped=True)
+    encoder = SequenceEncoder(
+        ChatRenderer(tok, MATH_INSTRUCTION_SUFFIX), 8192, "middle", 1, keep_tail_when_dropped=True
+    )
     for i in (0, 11, 22):
         (ids,), _ = encoder.encode(["Compute 61 + 38 - 17."], [completions[i]])
         assert score.score_ids(model, [ids], tok.pad_token_id, 10**6, "cpu")[0] == pytest.approx(
@@ -242,3 +248,22 @@ def test_resume_after_sigkill(tmp_path, tiny_model, sft_data):
     kill_at_checkpoint_then_rerun(cmd, out / "checkpoints" / "checkpoint-10", out / "manifest.json")
     m = read_manifest(out).metrics
     assert m["global_step"] == 30 and m["resumed_from"].endswith(("checkpoint-10", "checkpoint-20"))
+
+
+def test_an_empty_pairs_source_is_a_warning_and_the_others_train(sft_data, tmp_path, caplog):
+    """A round in which no prompt had both a correct and a wrong sample writes an empty pairs.parquet; the
+    next round's reward model trains on the original pairs (it crashed with "holds no pairs")."""
+    import pyarrow as pa
+
+    from reward_model.stage import read_all_pairs
+
+    empty = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table({c: pa.array([], pa.string()) for c in ("id", "prompt", "chosen", "rejected")}), empty
+    )
+    original = read_pairs(sft_data / "pairs.parquet")
+    with caplog.at_level("WARNING"):
+        rows = read_all_pairs([sft_data / "pairs.parquet", empty])
+    assert rows == original and "holds no pairs" in caplog.text
+    with pytest.raises(PairsError, match="no preference pairs in"):
+        read_all_pairs([empty])

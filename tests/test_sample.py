@@ -433,7 +433,7 @@ def test_vllm_cli_greedy_with_lora_matches_transformers(tmp_path, policy, lora, 
 VLLM_BACKEND_SCRIPT = """
 import dataclasses, json, sys
 from core.config import ModelConfig
-from core.models import load_tokenizer
+from core.models import chat_renderer, load_tokenizer
 from reject_sampling.backends import VLLMBackend
 from reject_sampling.config import SamplingConfig
 from reject_sampling.sample import render_prompts
@@ -442,7 +442,7 @@ model = ModelConfig(path=sys.argv[1])
 tokenizer = load_tokenizer(model)
 questions = [f"What is {i} + {2 * i + 1}? Show every step of the computation." for i in range(160)]
 ids = [f"p{i}" for i in range(160)]
-prompts = render_prompts(tokenizer, questions, model.instruction_suffix)
+prompts = render_prompts(chat_renderer(model, tokenizer), questions)
 greedy = SamplingConfig(n=2, temperature=0, max_new_tokens=20)
 backend = VLLMBackend(model, greedy, tokenizer, use_cpu=True, max_model_len=256, progress=False)
 out = {"greedy": [[dataclasses.astuple(c) for c in cs] for cs in backend.generate(prompts[:8], ids[:8])]}
@@ -460,7 +460,7 @@ def test_vllm_backend_greedy_matches_hf_and_seeds_follow_the_prompt(tmp_path, po
     from dataclasses import astuple
 
     from core.config import ModelConfig
-    from core.models import load_tokenizer
+    from core.models import chat_renderer, load_tokenizer
     from reject_sampling.backends import HFBackend
     from reject_sampling.config import SamplingConfig
     from reject_sampling.sample import render_prompts
@@ -481,7 +481,7 @@ def test_vllm_backend_greedy_matches_hf_and_seeds_follow_the_prompt(tmp_path, po
     questions = [f"What is {i} + {2 * i + 1}? Show every step of the computation." for i in range(8)]
     hf = HFBackend(model, SamplingConfig(n=2, temperature=0, max_new_tokens=20), tokenizer)
     expected = hf.generate(
-        render_prompts(tokenizer, questions, model.instruction_suffix), [f"p{i}" for i in range(8)]
+        render_prompts(chat_renderer(model, tokenizer), questions), [f"p{i}" for i in range(8)]
     )
     assert result["greedy"] == [[list(astuple(c)) for c in cs] for cs in expected]
 

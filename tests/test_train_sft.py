@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.artifacts import read_manifest, write_parquet_atomic
 from core.config import CONF_DIR, compose, to_typed
-from tests.conftest import kill_at_checkpoint_then_rerun, offline_env, sft_overrides
+from core.models import chat_renderer, load_tokenizer
+from tests.conftest import family_model_config, kill_at_checkpoint_then_rerun, offline_env, sft_overrides
 from train_sft import stage
 from train_sft.config import SFTStageConfig
 from train_sft.data import DataError, mix, prepare, resolve_source
@@ -42,32 +43,65 @@ def stage_command(tmp_path, tiny_model, sft_data, *overrides: str) -> list[str]:
 
 def prepared_for(cfg: SFTStageConfig, tokenizer):
     sources = [resolve_source(s) for s in cfg.data]
-    return prepare(
-        sources, tokenizer, cfg.model.instruction_suffix, cfg.sft.max_length, cfg.sft.overlength, 0
-    )
+    return prepare(sources, chat_renderer(cfg.model, tokenizer), cfg.sft.max_length, cfg.sft.overlength, 0)
 
 
 # ------------------------------------------------------------------------------------------ loss mask
 
 
-@pytest.mark.parametrize("template_has_markers", [True, False])
-def test_labels_cover_exactly_the_answer_and_its_end_of_turn_token(sft_cfg, template_has_markers):
-    cfg = sft_cfg()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    if not template_has_markers:  # a template TRL cannot mark: prompt/completion fallback
-        tokenizer.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace(
-            "{% endgeneration %}", ""
-        )
+def family_sft_cfg(tmp_path, family_models, name: str, *overrides: str) -> SFTStageConfig:
+    """A train_sft config on a real-tokenizer family model and 16 R1-style records."""
+    rows = [
+        {
+            "instruction": f"Compute {i} + {i}.",
+            "output": f"<think>\n{i}+{i}={2 * i}.\n</think>\n\n\\boxed{{{2 * i}}}",
+        }
+        for i in range(16)
+    ]
+    data = tmp_path / f"{name}_sft.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    base = family_model_config(family_models, name)
+    template = [f"model.chat_template={base.chat_template}"] if base.chat_template else []
+    return to_typed(
+        compose(
+            "train_sft",
+            [
+                f"run_dir={tmp_path / name}",
+                f"model.path={base.path}",
+                f"data=[{{path: {data}}}]",
+                "sft.report_to=[none]",
+                "use_cpu=true",
+                *template,
+                *overrides,
+            ],
+        ),
+        SFTStageConfig,
+    )
+
+
+@pytest.mark.parametrize("name", ["tiny", "qwen2.5", "qwen3", "llama3", "r1", "base"])
+def test_labels_cover_exactly_the_trace_and_its_end_of_turn_token(sft_cfg, tmp_path, family_models, name):
+    """What TRL trains on: the whole trace (R1: continuing its prefilled <think>) + end of turn, nothing of
+    the prompt, no role token; the input is exactly the native generation prompt + the trace."""
+    cfg = sft_cfg() if name == "tiny" else family_sft_cfg(tmp_path, family_models, name)
+    tokenizer = load_tokenizer(cfg.model)
+    renderer = chat_renderer(cfg.model, tokenizer)
     prepared = prepared_for(cfg, tokenizer)
     trainer = stage.build_trainer(cfg, tokenizer, prepared, Path(cfg.output_dir))
-    answer_end = "<|im_end|>" if template_has_markers else "<|im_end|>\n"  # ChatML's newline after the turn
-    for i in range(5):
+    records = pq.read_table(resolve_source(cfg.data[0]).file).to_pylist()
+    for i in range(4):
         example = trainer.train_dataset[i]
+        record = records[i]
         trained = [t for t in example["labels"] if t != -100]
-        output = prepared.examples[i]["messages"][-1]["content"]
-        assert tokenizer.decode(trained) == output + answer_end
+        assert tokenizer.decode(trained) == renderer.completion(record["output"]) + renderer.eot
         first = example["labels"].index(trained[0])
         assert all(t == -100 for t in example["labels"][:first])  # the prompt is never trained on
+        prompt = tokenizer.decode(example["input_ids"][:first])
+        assert prompt == tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{record['instruction']}\n\n{cfg.model.instruction_suffix}"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -208,6 +242,21 @@ def test_overlength_examples_dropped_or_truncated_and_counted(sft_cfg):
     assert truncated.stats["examples"] == truncated.stats["examples_after_mixing"]
 
 
+def test_an_empty_selected_source_is_a_warning_and_the_original_records_train(sft_cfg, tmp_path, caplog):
+    """Round k+1 after a round that selected nothing: its selected.parquet is empty, the records remain."""
+    empty = tmp_path / "selected.parquet"
+    pq.write_table(
+        pa.table({c: pa.array([], pa.string()) for c in ("id", "instruction", "input", "output")}), empty
+    )
+    cfg = sft_cfg()
+    only = prepared_for(cfg, AutoTokenizer.from_pretrained(cfg.model.path))
+    cfg = sft_cfg(f"data=[{{path: {cfg.data[0].path}}}, {{path: {empty}}}]")
+    with caplog.at_level("WARNING"):
+        both = prepared_for(cfg, AutoTokenizer.from_pretrained(cfg.model.path))
+    assert both.examples == only.examples and "holds no records" in caplog.text
+    assert both.stats["records_read"][str(empty)] == 0
+
+
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if the stage gets as far as loading a model."""
@@ -315,6 +364,25 @@ def test_deepspeed_zero2_run_saves_a_loadable_model(tmp_path, tiny_model, sft_da
     AutoModelForCausalLM.from_pretrained(out / "model")
 
 
+@pytest.mark.slow
+def test_deepspeed_zero3_partitions_at_load_and_saves_a_loadable_model(tmp_path, tiny_model, sft_data):
+    """Two CPU processes under ZeRO-3: the trainer's arguments exist before the model, so from_pretrained
+    partitions the weights (each rank holds about half) and the save gathers them into one full model."""
+    done = _accelerate("deepspeed_zero3_cpu.yaml", tmp_path, tiny_model, sft_data, "sft.max_steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    loads = re.findall(
+        r"ZeRO-3: parameters partitioned at load \((\d+) of (\d+) elements", done.stdout + done.stderr
+    )
+    assert len(loads) == 2, done.stdout[-3000:]  # one line per rank
+    for local, total in loads:
+        assert int(local) < 0.75 * int(total)
+    out = tmp_path / "round_0" / "sft"
+    assert read_manifest(out).metrics["processes"] == 2
+    saved = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model["policy"])
+    assert sum(p.numel() for p in saved.parameters()) == sum(p.numel() for p in base.parameters())
+
+
 def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(sft_cfg, tiny_model):
     import bitsandbytes as bnb
 
@@ -327,6 +395,33 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(sft_cfg, tin
     merged = AutoModelForCausalLM.from_pretrained(Path(cfg.output_dir) / "model")
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
     assert merged.dtype == torch.float32 and manifest.metrics["global_step"] == 6
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_llama3_adapter_with_an_added_pad_token_merges(tmp_path, family_models, monkeypatch, method):
+    """Where no unused token can pad, `<|pad|>` is added and the embeddings grow to 128,257 rows: the adapter
+    carries them and the merge works (it failed with a 128,257 vs 128,256 size mismatch)."""
+    import core.chat
+
+    monkeypatch.setattr(core.chat, "_unused_pad_candidates", lambda tokenizer, taken: [])
+    cfg = family_sft_cfg(
+        tmp_path,
+        family_models,
+        "llama3",
+        f"peft={method}",
+        "sft.max_steps=2",
+        "sft.per_device_train_batch_size=4",
+    )
+    manifest = stage.run(cfg)
+    model_dir = Path(cfg.output_dir) / "model"
+    merged = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.pad_token == "<|pad|>" and len(tokenizer) == 128257
+    assert merged.get_input_embeddings().num_embeddings >= len(tokenizer)
+    adapter = load_file(str(Path(cfg.output_dir) / "adapter" / "adapter_model.safetensors"))
+    saved = next(v for k, v in adapter.items() if "embed_tokens" in k)
+    assert torch.equal(saved[128256], merged.get_input_embeddings().weight[128256].detach())
+    assert manifest.metrics["preview"]["trained"].endswith("<|eot_id|>")
 
 
 VLLM_SCRIPT = """

@@ -1,9 +1,10 @@
 """SFT inputs: resolve and validate the data sources, mix them by weight, account for over-long examples.
 
 Everything here runs before a model is loaded, so bad input costs seconds, not a model load.
-Length accounting is exact: tokens are counted as the model's chat template renders prompt + answer,
-the same sequence the trainer sees. Over-long examples are dropped or truncated as configured, and
-counted; nothing is cut silently.
+Examples are token ids built by core.chat.ChatRenderer: the native generation prompt, the whole trace (a
+prefill such as R1's `<think>\n` kept once) and the end-of-turn token, with the loss on the trace and the
+end of turn only. Length accounting is exact: these are the ids the trainer sees. Over-long examples are
+dropped or truncated as configured, and counted; nothing is cut silently.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from core.artifacts import resolve_input
-from core.chat import ChatTokenCounter, record_to_messages
+from core.chat import ChatRenderer
 from train_sft.config import DataSource
 
 log = logging.getLogger(__name__)
@@ -79,27 +80,32 @@ def mix(sources: list[tuple[ResolvedSource, list[dict[str, Any]]]], seed: int) -
 
 def prepare(
     sources: list[ResolvedSource],
-    tokenizer: Any,
-    suffix: str,
+    renderer: ChatRenderer,
     max_length: int,
     overlength: str,
     seed: int,
 ) -> PreparedData:
-    """Records → chat examples, with per-source counts and over-length handling."""
+    """Records → token-id examples (`input_ids`, `completion_mask`), with per-source counts and over-length
+    handling. A source with no rows (a round whose sampling kept nothing) is allowed while another has rows."""
     loaded = [(s, read_records(s)) for s in sources]
+    for source, rows in loaded:
+        if not rows:
+            log.warning(
+                "SFT data: %s holds no records (a round that selected nothing); training on the rest",
+                source.file,
+            )
     rows = mix(loaded, seed)
-    counter = ChatTokenCounter(tokenizer, suffix)
-    lengths = counter.count([(r["instruction"], r["output"]) for r in rows]) if rows else []
+    encoded = renderer.encode([(user_text(r), r["output"]) for r in rows])
     examples, dropped, truncated, tokens = [], 0, 0, 0
-    for row, n in zip(rows, lengths, strict=True):
+    for e in encoded:
+        n = len(e.input_ids)
         if n > max_length:
             if overlength == "drop":
                 dropped += 1
                 continue
             truncated += 1
         tokens += min(n, max_length)
-        record = {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
-        examples.append({"messages": record_to_messages(record, suffix)})
+        examples.append({"input_ids": e.input_ids, "completion_mask": e.completion_mask})
     stats = {
         "records_read": {str(s.file): len(r) for s, r in loaded},
         "examples_after_mixing": len(rows),
@@ -107,7 +113,7 @@ def prepare(
         "truncated_overlength": truncated,
         "examples": len(examples),
         "tokens": tokens,
-        "max_example_tokens": max(lengths, default=0),
+        "max_example_tokens": max((len(e.input_ids) for e in encoded), default=0),
     }
     if not examples:
         raise DataError(
@@ -123,3 +129,18 @@ def prepare(
         tokens,
     )
     return PreparedData(examples, stats)
+
+
+def user_text(record: dict[str, Any]) -> str:
+    """The problem with the record's optional extra input (the renderer adds the instruction suffix)."""
+    extra = (record.get("input") or "").strip()
+    return f"{record['instruction'].strip()}\n\n{extra}" if extra else record["instruction"]
+
+
+def preview(example: dict[str, Any], tokenizer: Any) -> dict[str, str]:
+    """The first training example as the model sees it, and the part of it the loss covers."""
+    ids, mask = example["input_ids"], example["completion_mask"]
+    return {
+        "text": tokenizer.decode(ids),
+        "trained": tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m]),
+    }

@@ -4,10 +4,11 @@ Reads top to bottom: validate inputs → prepare data → load model → train (
 checkpoint) → save adapter and merged model → manifest. Every rank of a multi-process run executes this
 same function; only the main process writes outputs.
 
-Loss masking: records become user/assistant conversations rendered by the model's own chat template and
-the loss covers the assistant turn only (TRL `assistant_only_loss`, with the `{% generation %}` markers the
-template has or TRL's training template for the model family). A template TRL cannot mark falls back to
-prompt/completion examples (loss on the completion only), with a log line.
+Loss masking: every example is the native generation prompt + the whole trace + the end-of-turn token, as
+token ids built by core.chat.ChatRenderer, and the loss covers the trace and the end of turn only (TRL's
+`completion_mask`). The conversation is not rendered through the chat template with assistant masks
+because templates rewrite assistant turns: R1-Distill's strips the reasoning and Qwen3's writes an empty
+think block before it, so the model would learn text it never generates.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from core.artifacts import (
     is_complete,
     read_manifest,
 )
+from core.chat import ChatRenderer
 from core.config import stage_config_hash, write_resolved_config
-from core.models import load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finalize_generation_config,
     finish_training_stage,
@@ -45,7 +47,7 @@ from core.training import (
     world_size,
 )
 from train_sft.config import SFTStageConfig
-from train_sft.data import DataError, PreparedData, prepare, resolve_source
+from train_sft.data import DataError, PreparedData, prepare, preview, resolve_source
 
 log = logging.getLogger(__name__)
 STAGE = "train_sft"
@@ -71,26 +73,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def supports_assistant_mask(tokenizer: Any) -> bool:
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    if has_generation_markers(tokenizer.chat_template):
-        return True
-    try:
-        get_training_chat_template(tokenizer)
-    except (ValueError, NotImplementedError):
-        return False
-    return True
-
-
-def to_dataset(prepared: PreparedData, assistant_mask: bool):
+def to_dataset(prepared: PreparedData):
     from datasets import Dataset
 
-    if assistant_mask:
-        return Dataset.from_list(prepared.examples)
-    return Dataset.from_list(
-        [{"prompt": e["messages"][:-1], "completion": e["messages"][-1:]} for e in prepared.examples]
-    )
+    return Dataset.from_list(prepared.examples)
 
 
 def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, out: Path):
@@ -103,23 +89,8 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
     bf16 = resolve_bf16(s.bf16, use_cpu)
     attn = resolve_attention(s.attn_implementation, use_cpu)
     dtype = torch_dtype(cfg.model.dtype, bf16)
-    model = load_pretrained(
-        AutoModelForCausalLM,
-        cfg.model.path,
-        dtype=dtype,
-        attn_implementation=attn,
-        trust_remote_code=cfg.model.trust_remote_code,
-        quantize_4bit=cfg.peft.method == "qlora",
-        rope_theta=s.rope_theta,
-        max_position_embeddings=s.max_position_embeddings,
-    )
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
     peft_config = lora_config(cfg.peft, task_type="CAUSAL_LM")
     packing = s.packing if s.packing is not None else attn.startswith("flash_attention")
-    assistant_mask = supports_assistant_mask(tokenizer)
-    if not assistant_mask:
-        log.info("chat template has no generation markers TRL can add: training on prompt/completion pairs")
     # transformers 5 reads the tensorboard directory from the environment; keep it beside the outputs, not
     # inside checkpoints/ (which a finished run deletes).
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
@@ -139,7 +110,7 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
         packing=packing,
         padding_free=packing,
         train_sampling_strategy="group_by_length" if s.group_by_length and not packing else "random",
-        assistant_only_loss=assistant_mask,
+        completion_only_loss=True,
         gradient_checkpointing=s.gradient_checkpointing,
         use_liger_kernel=resolve_liger(s.use_liger_kernel),
         bf16=bf16,
@@ -157,16 +128,32 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
         disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
     )
+    # The model is created after the trainer's arguments: under accelerate + DeepSpeed ZeRO-3 those arguments
+    # switch on zero.Init, so from_pretrained partitions the weights at load instead of every rank holding all.
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        cfg.model.path,
+        dtype=dtype,
+        attn_implementation=attn,
+        trust_remote_code=cfg.model.trust_remote_code,
+        quantize_4bit=cfg.peft.method == "qlora",
+        rope_theta=s.rope_theta,
+        max_position_embeddings=s.max_position_embeddings,
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
     return SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_dataset(prepared, assistant_mask),
+        train_dataset=to_dataset(prepared),
         processing_class=tokenizer,
         peft_config=peft_config,
     )
 
 
-def save_outputs(cfg: SFTStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
+def save_outputs(
+    cfg: SFTStageConfig, trainer: Any, tokenizer: Any, renderer: ChatRenderer, out: Path
+) -> dict[str, Path]:
     """adapter/ (LoRA, QLoRA) and model/ (merged or full): safetensors, tokenizer, chat template, config.
 
     `trainer.save_model` runs on every rank (it gathers ZeRO-3 shards); merging runs on the main process
@@ -189,12 +176,14 @@ def save_outputs(cfg: SFTStageConfig, trainer: Any, tokenizer: Any, out: Path) -
         return dirs
     if cfg.peft.method != "none" and cfg.peft.merge:
         dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.sft.bf16, resolve_use_cpu(cfg.use_cpu)))
-        merge_adapter(cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM)
+        merge_adapter(
+            cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
+        )
     if "model" in dirs:
         from transformers import AutoModelForCausalLM as Loader
 
         model = Loader.from_pretrained(model_dir, local_files_only=True)
-        finalize_generation_config(model, tokenizer)
+        finalize_generation_config(model, tokenizer, renderer.eot_id)
         model.generation_config.save_pretrained(model_dir)
         model.config.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
@@ -211,6 +200,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
     model_dir = require_model_dir(cfg.model.path, "model")
     sources = [resolve_source(s) for s in cfg.data]
     tokenizer = load_tokenizer(cfg.model)
+    renderer = chat_renderer(cfg.model, tokenizer)
     inputs = {
         "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
         **{f"data_{i}": s.identity for i, s in enumerate(sources)},
@@ -219,8 +209,10 @@ def run(cfg: SFTStageConfig) -> Manifest:
     if not cfg.force and is_complete(out, chash, inputs):
         log.info("train_sft: %s is complete for this config and inputs; skipping", out)
         return read_manifest(out)  # type: ignore[return-value]
-    prepared = prepare(
-        sources, tokenizer, cfg.model.instruction_suffix, cfg.sft.max_length, cfg.sft.overlength, cfg.sft.seed
+    prepared = prepare(sources, renderer, cfg.sft.max_length, cfg.sft.overlength, cfg.sft.seed)
+    first = preview(prepared.examples[0], tokenizer)
+    log.info(
+        "train_sft: first example as trained:\n%s\n---- trained tokens:\n%s", first["text"], first["trained"]
     )
     check_batch(len(prepared.examples), cfg, world_size())
     if is_main_process():
@@ -232,7 +224,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
         log.info("train_sft: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     # 4. Save for serving.
-    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    dirs = save_outputs(cfg, trainer, tokenizer, renderer, out)
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return Manifest(stage=STAGE, config_hash=chash, config={})
@@ -250,6 +242,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
         "peak_memory": peak_memory_gb(),
         "processes": world_size(),
         "data": prepared.stats,
+        "preview": first,
     }
     manifest = finish_training_stage(
         out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
