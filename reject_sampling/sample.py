@@ -118,6 +118,9 @@ def plan_fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]
         "model": cfg.model.path,
         "adapter": cfg.adapter,
         "instruction_suffix": cfg.model.instruction_suffix,
+        # What the prompts are rendered with: another template or its options is another prompt set.
+        "chat_template": cfg.model.chat_template,
+        "chat_template_kwargs": cfg.model.chat_template_kwargs,
     }
 
 
