@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.config import ModelConfig, help_field, register_schema
 
 CORRECTNESS_POLICIES = ("math_verify", "llama", "either", "both", "verifier")
+# The test sets vendored in data/benchmarks/ (see its README), which training data is decontaminated against.
+BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "data" / "benchmarks"
+BENCHMARKS = ("math500", "aime24", "aime25", "amc23", "gsm8k")
 SELECTIONS = ("shortest", "first", "all")
 
 
@@ -52,16 +56,28 @@ class FilterConfig:
     dedup_exact: bool = help_field(True, help="Drop problems equal after normalisation.")
     dedup_near: bool = help_field(True, help="Drop near-duplicate problems (MinHash-LSH).")
     near_threshold: float = help_field(0.8, help="Estimated Jaccard similarity that counts as duplicate.")
-    decontaminate: list[str] = help_field(
-        [], help="Evaluation prompt files (parquet / jsonl / txt); overlapping problems are dropped."
+    decontaminate_benchmarks: list[str] = help_field(
+        list(BENCHMARKS),
+        help="Vendored test sets (data/benchmarks/<name>.jsonl) whose problems are removed from the data "
+        "(word n-gram overlap) and counted per benchmark in the manifest; [] turns this off.",
     )
-    decontam_ngram: int = help_field(8, help="Word n-gram size for decontamination.")
+    decontaminate: list[str] = help_field(
+        [], help="More evaluation prompt files (parquet / jsonl / txt); overlapping problems are dropped."
+    )
+    decontam_ngram: int = help_field(8, help="Word n-gram size for decontamination (open-r1 uses 8).")
 
     def __post_init__(self) -> None:
         if not 0 < self.near_threshold <= 1:
             raise ValueError(f"near_threshold must be in (0, 1], got {self.near_threshold}")
         if self.max_tokens < 16:
             raise ValueError(f"max_tokens {self.max_tokens} is too small to hold any example")
+        if unknown := [b for b in self.decontaminate_benchmarks if b not in BENCHMARKS]:
+            raise ValueError(
+                f"filters.decontaminate_benchmarks: unknown {unknown}; the vendored benchmarks are "
+                f"{list(BENCHMARKS)} (data/benchmarks/); other files go to filters.decontaminate"
+            )
+        if self.decontam_ngram < 1:
+            raise ValueError(f"filters.decontam_ngram must be >= 1, got {self.decontam_ngram}")
 
 
 @dataclass

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.artifacts import read_manifest, sha256_file
+from data_process.config import BENCHMARK_DIR, BENCHMARKS
+from data_process.dedup import Decontaminator
 from data_process.openr1 import SchemaError
 from data_process.records import PAIRS_SCHEMA, PROMPTS_SCHEMA, SFT_SCHEMA
 from data_process.stage import run
@@ -45,6 +47,8 @@ def test_synthetic_default_outputs_exact_columns_hashes_and_accounting(data_proc
     assert m["rows_read"] == m["rows_kept"] + sum(m["rows_dropped"].values())
     assert manifest.outputs["prompts"].rows == m["rows_kept"] == sum(m["prompts"].values())
     assert manifest.outputs["sft"].rows == m["sft"]["written"]
+    # Decontaminated against every vendored benchmark by default; no synthetic problem overlaps one.
+    assert m["decontaminated"] == dict.fromkeys(BENCHMARKS, 0) and "contaminated" not in m["rows_dropped"]
     assert (out / "config.yaml").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "config.yaml",
@@ -247,6 +251,68 @@ def test_decontamination_drops_problems_overlapping_eval_prompts(data_process_cf
     assert manifest.metrics["rows_dropped"] == {"contaminated": 2}
     assert [p["id"] for p in read(out, "prompts")] == ["c"]
     assert "decontaminate" in manifest.inputs
+    # A user file is counted under its path, beside the benchmarks (which none of these rows overlap).
+    assert manifest.metrics["decontaminated"] == {**dict.fromkeys(BENCHMARKS, 0), str(eval_file): 2}
+
+
+def benchmark_problems(name: str) -> list[str]:
+    rows = [json.loads(line) for line in (BENCHMARK_DIR / f"{name}.jsonl").read_text().splitlines()]
+    return [r.get("problem") or r["question"] for r in rows]
+
+
+def test_benchmark_problems_are_removed_by_default_and_counted_per_benchmark(data_process_cfg, tmp_path):
+    """Copies of vendored benchmark problems (as they are, reworded, or inside a longer problem) are
+    removed with no option set and counted under the benchmark they come from; an unrelated problem that
+    shares only a short phrase, and one that differs from a short MATH-500 problem in its operator, stay."""
+    math500, gsm8k = benchmark_problems("math500"), benchmark_problems("gsm8k")
+    reworded = math500[5].replace("hexagon can be", "hexagon may be").replace("inches, what", "inches, find")
+    unformatted = math500[8].replace("$", "").replace("Express", "Give")  # markup gone, a word changed
+    assert reworded != math500[5] and unformatted != math500[8]
+    rows = [
+        openr1_row(uuid="copy", problem="Problem 7. " + math500[7]),
+        openr1_row(uuid="reworded", problem=reworded),
+        openr1_row(uuid="unformatted", problem=unformatted),
+        openr1_row(
+            uuid="long-ngram", problem=f"Sam asks: {' '.join(math500[10].split()[:10])} 3? Then add 3."
+        ),
+        openr1_row(uuid="short", problem="First, simplify $\\sqrt{242}$. Then add 1."),  # 4 words of MATH-500
+        openr1_row(uuid="gsm8k", problem=gsm8k[0]),
+        openr1_row(uuid="phrase", problem="Ducks lay 16 eggs per day. How many eggs in a week?"),  # 5 words
+        openr1_row(uuid="operator", problem="Evaluate $(1-2i)6-3i$."),  # MATH-500 has $(1+2i)6-3i$
+    ]
+    manifest, out = run_on_rows(data_process_cfg, tmp_path, rows)
+    m = manifest.metrics
+    assert m["rows_dropped"] == {"contaminated": 6}
+    assert m["decontaminated"] == {"math500": 5, "aime24": 0, "aime25": 0, "amc23": 0, "gsm8k": 1}
+    assert sorted(p["id"] for p in read(out, "prompts")) == ["operator", "phrase"]
+    assert set(m["decontamination"]["sources"]) == set(BENCHMARKS)
+    assert m["decontamination"]["sources"]["math500"]["problems"] == 500
+    assert [entry.partition(":")[0] for entry in manifest.inputs["benchmarks"].split(",")] == list(BENCHMARKS)
+
+    # Turned off, the same rows all stay and nothing is counted.
+    manifest, out = run_on_rows(
+        data_process_cfg, tmp_path, rows, "filters.decontaminate_benchmarks=[]", "force=true"
+    )
+    assert manifest.metrics["rows_dropped"] == {} and manifest.metrics["decontaminated"] == {}
+    assert "benchmarks" not in manifest.inputs and len(read(out, "prompts")) == len(rows)
+
+
+def test_decontaminator_names_every_source_a_problem_overlaps():
+    d = Decontaminator(
+        {
+            "a": ["one two three four five six seven eight nine"],
+            "b": ["two three four five six seven eight nine ten"],
+        },
+        ngram=8,
+    )
+    assert d.overlaps("x two three four five six seven eight nine y") == ["a", "b"]
+    assert d.overlaps("$One$ two, three: four five six seven eight") == ["a"]  # case, markup, punctuation
+    assert d.overlaps("one two three four five six seven x eight") == []
+
+
+def test_unknown_benchmark_name_fails_when_composed(data_process_cfg):
+    with pytest.raises(ValueError, match=r"unknown \['math5000'\].*filters\.decontaminate"):
+        data_process_cfg("filters.decontaminate_benchmarks=[math5000]")
 
 
 def test_question_type_source_and_length_filters(data_process_cfg, tmp_path):
