@@ -25,13 +25,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.config import help_field, register_schema
 
 LAUNCHERS = ("python", "accelerate")
 # PipelineConfig's per-stage override sections.
-SECTIONS = ("common", "data_process", "train_sft", "reward_model", "reject_sampling", "grpo", "evaluate")
+SECTIONS = (
+    "common",
+    "data_process",
+    "train_sft",
+    "reward_model",
+    "reject_sampling",
+    "grpo",
+    "evaluate",
+    "benchmarks",
+)
+PUBLISHED = Path(__file__).resolve().parent / "published.yaml"
 CLI_FIELD = "cli_overrides"
 _SECTION_ARG = re.compile(rf"^\+{{0,2}}(?P<override>(?:{'|'.join(SECTIONS)})\..*=.*)$", re.DOTALL)
 
@@ -115,7 +126,25 @@ class PipelineConfig:
     reward_model: dict[str, Any] = help_field({}, help="Overrides of conf/reward_model.yaml.")
     reject_sampling: dict[str, Any] = help_field({}, help="Overrides of conf/reject_sampling.yaml.")
     grpo: dict[str, Any] = help_field({}, help="Overrides of conf/grpo.yaml.")
-    evaluate: dict[str, Any] = help_field({}, help="Overrides of conf/evaluate.yaml (every evaluation).")
+    evaluate: dict[str, Any] = help_field(
+        {}, help="Overrides of conf/evaluate.yaml for the held-out evaluations (not the benchmarks)."
+    )
+    eval_benchmarks: list[str] = help_field(
+        [], help="Benchmarks (conf/benchmark/: math500, aime24, ...) on which round 0's SFT model, the last "
+        "round's SFT model and GRPO's model are evaluated (steps bench/<model>/<benchmark>, at the end); [] = none.",
+    )  # fmt: skip
+    benchmark_base_model: bool = help_field(
+        False, help="With eval_benchmarks, also evaluate the base model itself (bench/base/<benchmark>): the "
+        "check that this evaluation reproduces the base model's published numbers.",
+    )  # fmt: skip
+    benchmarks: dict[str, Any] = help_field(
+        {}, help="Overrides of conf/evaluate.yaml for the benchmark evaluations, e.g. {sampling: default}. Apart "
+        "from `evaluate`: a held-out evaluation's prompt cap or short token limit is not a benchmark's protocol.",
+    )  # fmt: skip
+    published_as: str | None = help_field(
+        None, help="Name of the base model in pipeline/published.yaml: the report shows its published benchmark "
+        "numbers beside the run's. Never guessed from a path.",
+    )  # fmt: skip
     cli_overrides: dict[str, Any] = help_field(
         {}, help="The command line's section overrides, one entry per argument (arg<i>: {section: {key: value}}), "
         "written by `python -m pipeline`; applied after the preset's sections.",
@@ -143,6 +172,10 @@ class PipelineConfig:
             )
         if self.next_round_steps < 1:
             raise ValueError(f"next_round_steps must be >= 1, got {self.next_round_steps}")
+        if len(set(self.eval_benchmarks)) != len(self.eval_benchmarks):
+            raise ValueError(f"eval_benchmarks lists a benchmark twice: {self.eval_benchmarks}")
+        if self.published_as is not None:
+            check_published(self.published_as)
         self._check_cli_overrides()
 
     def _check_cli_overrides(self) -> None:
@@ -157,6 +190,19 @@ class PipelineConfig:
                 )
             if (section := next(iter(entry))) not in SECTIONS:
                 raise ValueError(f"{CLI_FIELD}.{key}: '{section}' is not one of the sections {SECTIONS}")
+
+
+def check_published(name: str) -> None:
+    """A `published_as` the table does not hold fails when the config is composed (a typo would otherwise
+    show up only in the report, at the end of the run), listing the names it holds."""
+    from omegaconf import OmegaConf
+
+    known = sorted(OmegaConf.load(PUBLISHED))
+    if name not in known:
+        raise ValueError(
+            f"published_as={name}: not in {PUBLISHED.name} (pipeline/); it holds {known}. Add the model "
+            "there with its source, or leave published_as null."
+        )
 
 
 register_schema("pipeline_schema", PipelineConfig)

@@ -3,10 +3,11 @@ each step's amount of work, and run nothing (no child process, no stage started,
 
 A dry run comes before the data exists, so the amounts are the ones the configs fix: steps x global batch
 for training (or epochs x a record count data_process will decide), prompts x samples x the new-token cap
-for sampling and evaluation. Generated tokens are upper bounds (every sample at its cap); a step that
-samples every prompt of its split (no `prompts.max_prompts`) is bounded per prompt only, and the summary
-line names it. Each step's config goes to `<run_dir>/plan/<step>.yaml` (`plan/round_0/sft.yaml`,
-`plan/eval/round_0_sft.yaml`), exactly what the step would be given; the folder is cleared first, so a
+for sampling and evaluation, and a benchmark's own problem count (its file is there already). Generated
+tokens are upper bounds (every sample at its cap); a step that samples every prompt of its split (no
+`prompts.max_prompts`) is bounded per prompt only, and the summary line names it. Each step's config goes
+to `<run_dir>/plan/<step>.yaml` (`plan/round_0/sft.yaml`, `plan/eval/round_0_sft.yaml`,
+`plan/bench/grpo/math500.yaml`), exactly what the step would be given; the folder is cleared first, so a
 file left by an earlier plan (a round since dropped) never sits beside this one's.
 """
 
@@ -140,7 +141,40 @@ def reject_sampling_work(cfg: Any, procs: int) -> Work:
     return sampling_work(cfg, greedy=False)
 
 
+def benchmark_problems(bench: Any) -> int:
+    """Problems of a benchmark config: the non-empty lines of its JSONL file (a relative path from the
+    working directory, else the repository root, as evaluation finds it), or its generators' sizes."""
+    if bench.reasoning_gym:
+        return sum(task.size for task in bench.reasoning_gym)
+    path = Path(bench.path)
+    if not path.is_file():
+        path = CONF_DIR.parent / bench.path
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
+def benchmark_work(cfg: Any) -> Work:
+    """A benchmark's problems (capped by prompts.max_prompts) x samples (+ greedy) x the new-token cap;
+    the count is known before the run, so the bound is a number of tokens, not per prompt."""
+    s, cap = cfg.sampling, cfg.prompts.max_prompts
+    problems = benchmark_problems(cfg.benchmark)
+    if cap is not None:
+        problems = min(problems, cap)
+    per_problem = s.n + int(cfg.greedy)
+    decodes = f"({s.n} samples + 1 greedy)" if cfg.greedy else f"{s.n} samples"
+    tokens = problems * per_problem * s.max_new_tokens
+    name = cfg.benchmark.name or Path(cfg.benchmark.path).stem
+    text = (
+        f"{name}: {problems:,} problems x {decodes} x <= {s.max_new_tokens:,} new tokens = <= {count(tokens)} "
+        f"tokens; protocol {cfg.protocol} (T {s.temperature:g}, top-p {s.top_p:g}); backend {s.backend}"
+        + (f", tensor parallel {s.tensor_parallel_size}" if s.tensor_parallel_size > 1 else "")
+    )
+    return Work(text, tokens=tokens)
+
+
 def evaluate_work(cfg: Any, procs: int) -> Work:
+    if getattr(cfg, "benchmark", None) is not None:
+        return benchmark_work(cfg)
     return sampling_work(cfg, greedy=cfg.greedy)
 
 

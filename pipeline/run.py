@@ -10,7 +10,9 @@ Round 0 fine-tunes the base model on the reference traces. Round k > 0 continues
 for `next_round_steps` steps on round k-1's selected samples (mixed with the original records, weight
 `mix_original`) and, beside it, a compute-matched control: the same model, the same steps, on the data it
 already had. Every SFT model (and control) is evaluated on the held-out prompts with the round's reward
-model for best-of-N; GRPO starts from the last round's model and is evaluated last.
+model for best-of-N; GRPO starts from the last round's model and is evaluated last. With
+`eval_benchmarks=[math500,aime24]`, round 0's SFT model, the last round's and GRPO's are then evaluated on
+those benchmarks (`bench/<model>/<benchmark>`, `python -m reject_sampling.evaluate benchmark=<name>`).
 
 On a machine without a GPU, a round's SFT and its control run side by side (then their two evaluations),
 each child with half the cores (OMP_NUM_THREADS): the tiny model's small matrices use a second thread
@@ -206,7 +208,47 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps.append(
             evaluate("grpo", f"{rd}/round_{last}/grpo/model", last if cfg.use_reward_model else None)
         )
-    return steps
+    return steps + benchmark_steps(cfg, run)
+
+
+def benchmarked_models(cfg: PipelineConfig) -> dict[str, str]:
+    """The models `eval_benchmarks` evaluates, by the name the report shows: the base model (with
+    `benchmark_base_model`), round 0's SFT model, the last round's (when it is another) and GRPO's."""
+    rd, last = cfg.run_dir, cfg.rounds - 1
+    models = {}
+    if cfg.benchmark_base_model:
+        models["base"] = cfg.model_path or f"{rd}/tiny_model/policy"
+    models["round_0_sft"] = f"{rd}/round_0/sft/model"
+    if last > 0:
+        models[f"round_{last}_sft"] = f"{rd}/round_{last}/sft/model"
+    if cfg.run_grpo:
+        models["grpo"] = f"{rd}/round_{last}/grpo/model"
+    return models
+
+
+def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
+    """`bench/<model>/<benchmark>` for every benchmarked model and benchmark, after every other step: the
+    held-out evaluations already tell how the run went, and on a GPU a benchmark at 32k tokens is the
+    longest evaluation, which should not hold back training.
+
+    Each is `python -m reject_sampling.evaluate benchmark=<name>` with `common` and the `benchmarks`
+    section (not `evaluate`'s: the held-out prompt cap or the offline 64-token limit is not the benchmark's
+    protocol), writing to `<run_dir>/bench/<model>/<benchmark>`, so that a step's name is its directory
+    like every other step's."""
+    out = []
+    for model, path in benchmarked_models(cfg).items():
+        for bench in cfg.eval_benchmarks:
+            over = [
+                *run,
+                *stage_overrides(cfg, "benchmarks"),
+                f"benchmark={bench}",
+                f"name={model}_{bench}",
+                f"model.name={model}",
+                f"model.path={path}",
+                f"output_dir={cfg.run_dir}/bench/{model}/{bench}",
+            ]
+            out.append(Step(f"bench/{model}/{bench}", "evaluate", over))
+    return out
 
 
 def compose_all(steps: list[Step]) -> None:
@@ -256,6 +298,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     status: dict[str, Any] = {
         "steps": [{"name": s.name, "stage": s.stage, "overrides": s.overrides} for s in steps]
     }
+    if cfg.published_as:
+        status["published_as"] = cfg.published_as  # the report reads it (pipeline/published.yaml)
     records = status["steps"]
     from core.training import resolve_use_cpu  # imports torch: only once the plan has composed
 

@@ -67,6 +67,70 @@ def test_plan_runs_rounds_controls_grpo_and_evaluations_in_order():
     assert names == ["tiny_model", "data", "round_0/sft", "eval/round_0_sft", "round_0/reject_sampling"]
 
 
+def test_benchmarks_evaluate_round_0_the_last_round_and_grpo_at_the_end(tmp_path):
+    assert not [n for n in plan_names(pipeline_cfg()) if n.startswith("bench/")]  # off by default
+    cfg = pipeline_cfg(f"run_dir={tmp_path}", "eval_benchmarks=[math500,aime24]")
+    names = plan_names(cfg)
+    models = ["round_0_sft", "round_1_sft", "grpo"]
+    assert names[-6:] == [f"bench/{m}/{b}" for m in models for b in ("math500", "aime24")]
+    assert names[:-6] == plan_names(pipeline_cfg(f"run_dir={tmp_path}"))  # nothing else moves
+    step = plan(cfg)[-1]
+    assert step.stage == "evaluate"
+    assert {"benchmark=aime24", "name=grpo_aime24", "model.name=grpo"} <= set(step.overrides)
+    assert f"model.path={tmp_path}/round_1/grpo/model" in step.overrides
+    assert f"output_dir={tmp_path}/bench/grpo/aime24" in step.overrides  # a step's name is its directory
+    # One round: round 0 is the last round (benchmarked once); no GRPO, no GRPO model; the base model on demand.
+    one = plan_names(pipeline_cfg("rounds=1", "eval_benchmarks=[math500]"))
+    assert [n for n in one if n.startswith("bench/")] == ["bench/round_0_sft/math500", "bench/grpo/math500"]
+    assert [
+        n for n in plan_names(pipeline_cfg("run_grpo=false", "eval_benchmarks=[math500]")) if "bench/" in n
+    ] == [
+        "bench/round_0_sft/math500",
+        "bench/round_1_sft/math500",
+    ]
+    with_base = plan(
+        pipeline_cfg("model_path=/models/b", "benchmark_base_model=true", "eval_benchmarks=[aime24]")
+    )
+    base = next(s for s in with_base if s.name == "bench/base/aime24")
+    assert "model.path=/models/b" in base.overrides
+
+
+def test_benchmarks_take_their_own_section_not_the_held_out_evaluations():
+    """A held-out evaluation's prompt cap or short token limit (the offline preset's 64 tokens) is not a
+    benchmark's protocol: benchmark steps get `common` and `benchmarks`, held-out ones `common` and `evaluate`."""
+    cfg = pipeline_cfg(
+        "eval_benchmarks=[math500]",
+        "evaluate.prompts.max_prompts=7",
+        "benchmarks.sampling.n=3",
+        "common.model.dtype=float16",
+    )
+    by_name = {s.name: s.overrides for s in plan(cfg)}
+    bench, held_out = by_name["bench/grpo/math500"], by_name["eval/grpo"]
+    assert "sampling.n=3" in bench and "prompts.max_prompts=7" not in bench and "model.dtype=float16" in bench
+    assert "prompts.max_prompts=7" in held_out and "sampling.n=3" not in held_out
+    assert "sampling.max_new_tokens=64" in held_out and "sampling.max_new_tokens=64" not in bench
+
+
+def test_published_as_must_name_an_entry_of_the_table():
+    assert (
+        pipeline_cfg("published_as=DeepSeek-R1-Distill-Qwen-7B").published_as == "DeepSeek-R1-Distill-Qwen-7B"
+    )
+    with pytest.raises(ValueError, match=r"published_as=Qwen2.5-7B: not in published.yaml.*OpenR1-Qwen-7B"):
+        pipeline_cfg("published_as=Qwen2.5-7B")
+    with pytest.raises(ValueError, match="twice"):
+        pipeline_cfg("eval_benchmarks=[math500,math500]")
+
+
+def test_pipeline_json_records_published_as_for_the_report(tmp_path, monkeypatch):
+    from pipeline.run import run
+
+    monkeypatch.setattr("pipeline.run.run_stage_process", lambda *args, **kwargs: None)
+    run(pipeline_cfg(f"run_dir={tmp_path}", "until=data", "published_as=DeepSeek-R1-Distill-Qwen-1.5B"))
+    status = json.loads((tmp_path / "pipeline.json").read_text())
+    assert status["published_as"] == "DeepSeek-R1-Distill-Qwen-1.5B"
+    assert collect(tmp_path)["published"]["pass@1"] == {"math500": 83.9, "aime24": 28.9}
+
+
 def test_only_a_round_and_its_control_run_side_by_side():
     steps = plan(pipeline_cfg("rounds=3"))
     together = [[steps[i].name for i in b] for b in batches(steps, side_by_side=True) if len(b) > 1]
