@@ -3,6 +3,7 @@ with the long-context and quantisation options, checkpoints, loss summaries, sav
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -165,10 +166,18 @@ def peak_memory_gb() -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def finalize_generation_config(model: Any, tokenizer: Any, end_of_turn_id: int | None = None) -> None:
-    """Make generation stop at the end-of-turn token (and the eos ids it had), as vLLM and generate read them:
-    a base model given `model.chat_template` learns to end turns with a token its config never named."""
-    gen = model.generation_config
+def finalize_model_dir(model_dir: Path, tokenizer: Any, end_of_turn_id: int | None = None) -> None:
+    """Make generation from a saved model stop at the end-of-turn token (and the eos ids it had), as vLLM and
+    generate read them: a base model given `model.chat_template` learns to end turns with a token its config
+    never named. Only the two config files are rewritten: no weights are loaded (a rank-0-only load under
+    ZeRO-3 would wait forever for the other ranks)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    try:
+        gen = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:
+        gen = GenerationConfig.from_model_config(config)
     eos = gen.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     for token_id in (tokenizer.eos_token_id, end_of_turn_id):
@@ -176,8 +185,25 @@ def finalize_generation_config(model: Any, tokenizer: Any, end_of_turn_id: int |
             eos_ids.insert(0, token_id)
     gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
     gen.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(model_dir)
+    config.save_pretrained(model_dir)
+
+
+@contextlib.contextmanager
+def single_process_load():
+    """Inside: from_pretrained loads whole weights in this process even in a ZeRO-3 run. The main process
+    merges adapters alone; through ZeRO-3's partitioned load that would be a collective the other ranks never
+    join, and the run would hang after training."""
+    from transformers.integrations import deepspeed
+
+    saved = deepspeed._hf_deepspeed_config_weak_ref
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def merge_adapter(
@@ -195,10 +221,11 @@ def merge_adapter(
     the adapter carries the trained embedding and head rows (PEFT saves resized embedding layers)."""
     from peft import PeftModel
 
-    base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True, **kwargs)
-    if vocab_size is not None and vocab_size > base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(vocab_size)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with single_process_load():
+        base = model_cls.from_pretrained(base_path, dtype=dtype, local_files_only=True, **kwargs)
+        if vocab_size is not None and vocab_size > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(vocab_size)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     return merged
 

@@ -34,7 +34,7 @@ from core.chat import ChatRenderer
 from core.config import stage_config_hash, write_resolved_config
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
-    finalize_generation_config,
+    finalize_model_dir,
     finish_training_stage,
     is_main_process,
     last_checkpoint,
@@ -225,10 +225,7 @@ def save_outputs(
             cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
         )
     if "model" in dirs:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-        finalize_generation_config(model, tokenizer, renderer.eot_id)
-        model.generation_config.save_pretrained(model_dir)
-        model.config.save_pretrained(model_dir)
+        finalize_model_dir(model_dir, tokenizer, renderer.eot_id)
         tokenizer.save_pretrained(model_dir)
         (model_dir / "training_args.bin").unlink(missing_ok=True)
         write_resolved_config(model_dir, cfg, name="train_config.yaml")
