@@ -94,10 +94,13 @@ def data_work(cfg: Any, procs: int) -> Work:
     else:
         source = f"synthetic, {cfg.synthetic.num_problems:,} problems"
     cap = f" (at most {cfg.max_sft_records:,})" if cfg.max_sft_records is not None else ""
+    f = cfg.filters
+    sources = [*f.decontaminate_benchmarks, *f.decontaminate]
+    decontam = f"decontaminated against {', '.join(sources)}" if sources else "no decontamination"
     return Work(
-        f"input {source}; tokenizer {cfg.model.tokenizer_dir}; SFT examples <= {cfg.filters.max_tokens:,} "
+        f"input {source}; tokenizer {cfg.model.tokenizer_dir}; SFT examples <= {f.max_tokens:,} "
         f"tokens; {cfg.eval_fraction:.0%} of problems held out, traces of {cfg.sft_fraction:.0%} of the "
-        f"train problems become SFT records{cap}"
+        f"train problems become SFT records{cap}; {decontam} ({f.decontam_ngram}-grams)"
     )
 
 

@@ -384,6 +384,8 @@ def test_dry_run_writes_every_steps_config_and_runs_nothing(tmp_path, capsys, mo
         "<= 655,360 tokens;",
     }
     assert {e for e in expected if any(line.startswith(e) for line in out)} == expected
+    data = next(line for line in out if line.startswith("[2/13] data"))
+    assert data.endswith("; decontaminated against math500, aime24, aime25, amc23, gsm8k (8-grams)")
     # 102,400 + 655,360 generated tokens at most where prompts are capped; the evaluations are per prompt.
     assert out[-1].startswith("generation: <= 757,760 new tokens in all (every sample at its cap), plus")
     assert "eval/round_0_sft" in out[-1] and "round_0/reject_sampling" not in out[-1]
