@@ -1,8 +1,10 @@
-"""Chat formatting shared by every stage: Alpaca record ⇄ chat messages, `<think>` handling, pad tokens.
+"""Chat formatting shared by every stage: the renderer of every text a model sees (`ChatRenderer`), `<think>`
+handling, pad tokens, and chat-template presets for base models.
 
-All artifacts store the bare problem text (`instruction` / `prompt`); the math instruction suffix is added
-here, when a record becomes a user turn. One function builds the user turn for SFT, sampling, reward
-scoring and GRPO alike, so the policy always sees prompts in the form it was trained on.
+All artifacts store the bare problem text (`instruction` / `prompt`) and whole traces; the math instruction
+suffix is added here, when a record becomes a user turn, and the generation prompt's prefill is removed
+here, when a trace is rendered after it. SFT, sampling, reward scoring and GRPO all render through
+`ChatRenderer`, so the policy is trained on exactly the sequences it is sampled from.
 """
 
 from __future__ import annotations
