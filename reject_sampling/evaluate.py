@@ -1,19 +1,30 @@
-"""Evaluation: the rejection-sampling stage's sampling and verification on held-out prompts.
+"""Evaluation: the rejection-sampling stage's sampling and verification on held-out prompts or a benchmark.
 
     python -m reject_sampling.evaluate name=round_0_sft model.path=runs/default/round_0/sft/model
     python -m reject_sampling.evaluate name=final sampling.n=16 use_reward_model=true \
         reward_model.path=runs/default/round_1/reward_model/model prompts.path=my_questions.jsonl prompts.split=null
+    python -m reject_sampling.evaluate name=r1_math500 benchmark=math500 sampling=default model.path=/models/x
+    python -m reject_sampling.evaluate benchmark=aime24 protocol=greedy model.path=/models/x
+    python -m reject_sampling.evaluate benchmark=my_set.jsonl benchmark.problem_field=question model.path=...
 
 Writes `runs/<run>/eval/<name>/`: samples.parquet (+ greedy.parquet), scored.parquet, metrics.json,
-metrics.md and the manifest. Metrics (see reject_sampling.metrics): pass@1 at the sampling temperature
-averaged over n samples, pass@k, maj@k, best-of-N by reward model (with use_reward_model), greedy accuracy
-(with greedy=true), truncation rate and completion lengths.
+metrics.md and the manifest (+ benchmark.jsonl, the benchmark's problems and normalised golds as sampled).
+Metrics (see reject_sampling.metrics): pass@1 at the sampling temperature averaged over n samples with its
+standard error over prompts, pass@k, maj@k, best-of-N by reward model (with use_reward_model), greedy
+accuracy (with greedy=true), truncation rate and completion lengths; a benchmark adds its name, protocol and
+size, and by_<field> breakdowns (MATH-500: by_subject, by_level).
+
+A benchmark (reject_sampling.benchmarks) is loaded and every gold checked with the verifier before a model
+loads, then written as a prompt file in the output directory that sample.py samples like any other; so
+sampling, resuming and the manifest's input identity work as for held-out prompts, and `prompts.max_prompts`
+still caps the problems (the first N).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -22,8 +33,15 @@ import pandas as pd
 from core.artifacts import describe_file, invalidate, is_complete, read_manifest, write_json_atomic
 from core.config import finish_stage, hydra_entry, stage_config_hash
 from core.models import chat_renderer, load_tokenizer
-from reject_sampling.config import EvaluateConfig
-from reject_sampling.metrics import metrics_markdown, sample_metrics
+from reject_sampling.benchmarks import (
+    Benchmark,
+    BenchmarkError,
+    expand_benchmark_overrides,
+    load_benchmark,
+    write_prompts,
+)
+from reject_sampling.config import EvaluateConfig, PromptSource
+from reject_sampling.metrics import breakdown_metrics, metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
     describe_table,
@@ -48,6 +66,7 @@ INTERMEDIATES = [
     "rm_scores.parquet",
     "rm_scores.parquet.parts",
 ]
+BENCHMARK_PROMPTS = "benchmark.jsonl"
 
 
 def draw(cfg: EvaluateConfig, out: Path, name: str, greedy: bool) -> Path:
@@ -55,9 +74,50 @@ def draw(cfg: EvaluateConfig, out: Path, name: str, greedy: bool) -> Path:
     return draw_samples(cfg, sampling, out / f"{name}.parquet", log_file=out / f"logs/{name}.log")
 
 
+def use_benchmark(cfg: EvaluateConfig, out: Path) -> tuple[EvaluateConfig, Benchmark | None]:
+    """The config to run: with a benchmark, its prompts are the benchmark's problems (written to
+    `out/benchmark.jsonl`, the first `prompts.max_prompts` of them kept) and its verifier judges them."""
+    if cfg.benchmark is None:
+        return cfg, None
+    bench = load_benchmark(cfg.benchmark, cfg.verifier)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = PromptSource(
+        path=str(write_prompts(bench, out / BENCHMARK_PROMPTS)),
+        split=None,
+        max_prompts=cfg.prompts.max_prompts,
+    )
+    return dataclasses.replace(cfg, prompts=prompts, verifier=bench.verifier), bench
+
+
+def judge(samples: pd.DataFrame, cfg: EvaluateConfig, bench: Benchmark | None) -> pd.DataFrame:
+    """Verdicts against the gold answers. A benchmark's verifier may need another gold than the one shown
+    (reasoning-gym's entry as JSON): it is given that one, and the table keeps the shown gold."""
+    if bench is None:
+        return verify_samples(samples, cfg.verifier, cfg.verifier_workers)
+    golds = bench.golds
+    verified = verify_samples(
+        samples.assign(answer=samples["id"].map(golds)), cfg.verifier, cfg.verifier_workers
+    )
+    return verified.assign(answer=samples["answer"])
+
+
+def benchmark_metrics(cfg: EvaluateConfig, bench: Benchmark, scored: pd.DataFrame) -> dict:
+    """The benchmark's name, protocol and size, and pass@1 by each breakdown field."""
+    metrics: dict = {
+        "benchmark": bench.name,
+        "protocol": cfg.protocol,
+        "benchmark_problems": len(bench.items),
+    }
+    for name in bench.breakdown:
+        groups = {item.id: item.groups[name] for item in bench.items}
+        metrics[f"by_{name}"] = breakdown_metrics(scored, groups)
+    return metrics
+
+
 def run(cfg: EvaluateConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
+    cfg, bench = use_benchmark(cfg, out)
     _, inputs = check_inputs(cfg, needs_gold=True)
     chash = stage_config_hash(cfg)
     if not cfg.force and is_complete(out, chash, inputs):
@@ -69,9 +129,7 @@ def run(cfg: EvaluateConfig) -> dict:
     samples_path = draw(cfg, out, "samples", greedy=False)
     verified_path = out / "verified.parquet"
     if not verified_path.exists():
-        write_table(
-            verify_samples(pd.read_parquet(samples_path), cfg.verifier, cfg.verifier_workers), verified_path
-        )
+        write_table(judge(pd.read_parquet(samples_path), cfg, bench), verified_path)
     if cfg.use_reward_model:
         scored = score_with_reward_model(
             verified_path, out / "scored.parquet", cfg.reward_model, every_row=cfg.rm_score_all,
@@ -84,24 +142,28 @@ def run(cfg: EvaluateConfig) -> dict:
         scored = pd.read_parquet(verified_path)
         scored_file = write_table(scored, out / "scored.parquet")
     outputs = {"samples": describe_file(samples_path, out), "scored": scored_file}
+    if bench is not None:
+        outputs["benchmark"] = describe_file(out / BENCHMARK_PROMPTS, out)
     verified_path.unlink()
     metrics = {
         "name": cfg.name,
         "policy": cfg.model.name,
+        **(benchmark_metrics(cfg, bench, scored) if bench is not None else {}),
         **sample_metrics(scored, cfg.maj_ks or None, best_of_n=cfg.use_reward_model),
         "preview": sample_preview(chat_renderer(cfg.model, load_tokenizer(cfg.model)), scored),
     }
     if cfg.greedy:
         greedy_path = draw(cfg, out, "greedy", greedy=True)
-        greedy = verify_samples(pd.read_parquet(greedy_path), cfg.verifier, cfg.verifier_workers)
+        greedy = judge(pd.read_parquet(greedy_path), cfg, bench)
         metrics["greedy_accuracy"] = float(greedy["correct"].fillna(False).astype(bool).mean())
         outputs["greedy"] = write_table(greedy, greedy_path)
     write_json_atomic(out / "metrics.json", metrics)
-    (out / "metrics.md").write_text(metrics_markdown(metrics, f"Evaluation: {cfg.name}"))
+    title = f"Evaluation: {cfg.name}" + (f" on {bench.name}" if bench is not None else "")
+    (out / "metrics.md").write_text(metrics_markdown(metrics, title))
     outputs["metrics"] = describe_file(out / "metrics.json", out)
     log.info(
-        "%s %s: pass@1 %.3f%s over %d prompts x %d samples (%s)",
-        STAGE, cfg.name, metrics["pass@1"],
+        "%s %s%s: pass@1 %.3f%s over %d prompts x %d samples (%s)",
+        STAGE, cfg.name, f" on {bench.name}" if bench is not None else "", metrics["pass@1"],
         f", greedy {metrics['greedy_accuracy']:.3f}" if cfg.greedy else "",
         metrics["prompts"], metrics["samples_per_prompt"], out,
     )  # fmt: skip
@@ -119,4 +181,8 @@ def run(cfg: EvaluateConfig) -> dict:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = expand_benchmark_overrides(sys.argv[1:])  # benchmark=FILE.jsonl (see benchmarks.py)
+    except BenchmarkError as e:
+        raise SystemExit(f"error: {e}") from None
     hydra_entry("evaluate", EvaluateConfig, run)

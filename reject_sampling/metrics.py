@@ -6,6 +6,12 @@ not correct, like a wrong answer, and is reported separately as `unverifiable_ra
 
 - pass@k is the unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k) per prompt, averaged.
   pass@1 is then the mean per-prompt share of correct samples (accuracy at the sampling temperature).
+- pass@1_stderr is the standard error of that mean over prompts: the sample standard deviation (ddof=1) of
+  the per-prompt shares divided by sqrt(prompts). Prompts are the unit that varies (the n samples of one
+  prompt are not independent draws of the benchmark), so this is the error bar of comparing two models on
+  the same problems; None with a single prompt, where it is undefined.
+- by-group pass@1 (`breakdown_metrics`: MATH-500 by subject and by level) is the same mean and standard error
+  over each group's prompts.
 - maj@k: the N samples of a prompt are cut into ⌊N/k⌋ disjoint groups of k (in sample order); each group
   votes on the normalised final answer (samples without one do not vote; ties go to the answer seen first)
   and is right when the winning answer's first sample is correct. The prompt's score is the mean over its
@@ -67,6 +73,42 @@ def maj_at_k(keys: list[str | None], correct: list[bool], k: int) -> float:
     )
 
 
+def per_prompt_accuracy(samples: pd.DataFrame) -> pd.Series:
+    """id -> share of its samples judged correct (None verdicts count as not correct)."""
+    return (
+        samples.assign(_c=samples["correct"].fillna(False).astype(bool))
+        .groupby("id", sort=False)["_c"]
+        .mean()
+    )
+
+
+def mean_stderr(values: Any) -> float | None:
+    """Standard error of the mean: sample std (ddof=1) / sqrt(count); None for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return None
+    return float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def breakdown_metrics(samples: pd.DataFrame, groups: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{group: {pass@1, pass@1_stderr, prompts}} over the prompts of each group (`groups`: id -> group),
+    groups in natural order (levels 1, 2, ..., 10 numerically)."""
+    accuracy = per_prompt_accuracy(samples)
+    unknown = sorted(set(accuracy.index) - set(groups))
+    if unknown:
+        raise ValueError(f"{len(unknown)} prompt id(s) without a group, e.g. {unknown[:3]}")
+    by_group = accuracy.groupby(accuracy.index.map(groups))
+    out = {
+        str(g): {"pass@1": float(acc.mean()), "pass@1_stderr": mean_stderr(acc), "prompts": len(acc)}
+        for g, acc in by_group
+    }
+    return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
+
+
+def _natural(text: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
 def default_ks(n: int) -> list[int]:
     """1, 2, 4, … up to n, plus n itself."""
     ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
@@ -97,6 +139,7 @@ def sample_metrics(
         "samples": len(df),
         "samples_per_prompt": n,
         "pass@1": float((c / n).mean()),
+        "pass@1_stderr": mean_stderr(c / n),
     }
     for k in ks:
         if k > 1:
@@ -140,19 +183,42 @@ def sample_metrics(
 
 
 def metrics_markdown(metrics: dict[str, Any], title: str) -> str:
-    """A small markdown table of the scalar metrics (for evaluate's metrics.md and the run report)."""
+    """A small markdown table of the scalar metrics (for evaluate's metrics.md and the run report), then one
+    table per breakdown (a dict of dicts, e.g. by_subject)."""
     rows = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    sections = []
     for key, value in metrics.items():
         if key == "preview":  # whole texts: in metrics.json, not in a table
             continue
-        if isinstance(value, float):
+        if value is None:
+            rows.append(f"| {key} | - |")
+        elif isinstance(value, bool | str):
+            rows.append(f"| {key} | {value} |")
+        elif isinstance(value, float):
             rows.append(f"| {key} | {value:.4f} |")
         elif isinstance(value, int):
             rows.append(f"| {key} | {value} |")
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            sections.append(_breakdown_table(key, value))
         elif isinstance(value, dict):
             rows.append(
                 f"| {key} | "
                 + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
                 + " |"
             )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + [line for section in sections for line in ["", *section]]) + "\n"
+
+
+def _breakdown_table(key: str, groups: dict[str, dict[str, Any]]) -> list[str]:
+    columns = list(dict.fromkeys(c for g in groups.values() for c in g))
+    lines = [f"## {key}", "", "| group | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in groups.items():
+        cells = [_cell(values.get(c)) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
