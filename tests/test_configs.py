@@ -79,6 +79,9 @@ def test_every_yaml_in_conf_is_reached_by_a_test():
         | {f"{g}/{o}.yaml" for g, o in GROUP_OPTIONS}
         | {f"accelerate/{p.name}" for p in ACCELERATE}
         | {f"experiment/{p.name}" for p in (CONF_DIR / "experiment").glob("*.yaml")}  # tests/test_pipeline.py
+        | {
+            f"{g}/{p.name}" for g in ("benchmark", "protocol") for p in (CONF_DIR / g).glob("*.yaml")
+        }  # tests/test_benchmarks.py
     )
     on_disk = {str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")}
     assert on_disk == reached
