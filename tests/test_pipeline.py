@@ -270,11 +270,18 @@ SECTION_OVERRIDES: dict[str, tuple[str, Any]] = {
     "reject_sampling": ("sampling.n", 7),
     "grpo": ("grpo.logging_steps", 3),
     "evaluate": ("sampling.n", 2),
+    "benchmarks": ("sampling.n", 5),
 }
 
 
 def receives(step: Step, section: str) -> bool:
-    return step.stage != "tiny_model" if section == "common" else step.stage == section
+    """Whether a step gets a section: `common` every stage but the tiny model, `benchmarks` the benchmark
+    evaluations (bench/...), every other section its stage's steps, benchmark evaluations excepted."""
+    if section == "common":
+        return step.stage != "tiny_model"
+    if section == "benchmarks":
+        return step.name.startswith("bench/")
+    return step.stage == section and not step.name.startswith("bench/")
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -303,20 +310,30 @@ def preset_choices(name: str) -> dict[str, list[str]]:
 
 
 @cache
-def brought_by(stage: str, choice: str) -> dict[str, Any]:
+def brought_by(stage: str, choice: str, plan_choices: tuple[str, ...] = ()) -> dict[str, Any]:
     """What a group choice gives a stage: the leaves of conf/<stage>.yaml composed with `choice` that
-    differ from its default composition (unresolved, so only the choice's own values show)."""
-    base = dict(leaves(OmegaConf.to_container(compose(stage, []))))
-    chosen = dict(leaves(OmegaConf.to_container(compose(stage, [choice]))))
+    differ from its composition without it (unresolved, so only the choice's own values show), both with
+    the group choices the plan itself makes (a benchmark step's `benchmark=`, whose protocol sets decoding
+    over the sampling group's)."""
+    base = dict(leaves(OmegaConf.to_container(compose(stage, list(plan_choices)))))
+    chosen = dict(leaves(OmegaConf.to_container(compose(stage, [*plan_choices, choice]))))
     return {k: v for k, v in chosen.items() if k not in base or base[k] != v}
+
+
+def plan_choices(step: Step) -> tuple[str, ...]:
+    return tuple(o for o in step.overrides if override_key(o) == "benchmark")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_command_line_overrides_of_every_section_keep_the_presets_choices(name, tmp_path):
-    """Every preset with a dotted override of each of the seven sections (sections it sets and ones it
+    """Every preset with a dotted override of each of the eight sections (sections it sets and ones it
     does not): every stage still gets every value its preset's group choices bring (unless a dotted key of
     its own overrides sets that value), and every override reaches every stage of its section."""
-    over = gpu_preset(name, tmp_path) if name != "offline_cpu" else [f"run_dir={tmp_path}"]
+    over = (
+        gpu_preset(name, tmp_path)
+        if name != "offline_cpu"
+        else [f"run_dir={tmp_path}", "eval_benchmarks=[aime24]"]
+    )
     over += [f"{section}.{key}={value}" for section, (key, value) in SECTION_OVERRIDES.items()]
     steps = plan(pipeline_cfg(*over))
     compose_all(steps)
@@ -324,7 +341,8 @@ def test_command_line_overrides_of_every_section_keep_the_presets_choices(name, 
     for section, choices in preset_choices(name).items():
         for step in (s for s in steps if receives(s, section)):
             dotted = {k for k in map(override_key, step.overrides) if "." in k}
-            for leaf, value in (kv for choice in choices for kv in brought_by(step.stage, choice).items()):
+            brought = (brought_by(step.stage, choice, plan_choices(step)) for choice in choices)
+            for leaf, value in (kv for values in brought for kv in values.items()):
                 if not any(leaf == k or leaf.startswith(f"{k}.") for k in dotted):
                     assert lookup(step.cfg, leaf) == value, (step.name, leaf)
                     checked += 1
@@ -391,6 +409,33 @@ def test_dry_run_writes_every_steps_config_and_runs_nothing(tmp_path, capsys, mo
     assert "eval/round_0_sft" in out[-1] and "round_0/reject_sampling" not in out[-1]
 
 
+def test_dry_run_lists_the_benchmark_evaluations_with_their_problems(tmp_path, capsys):
+    from pipeline.run import run
+
+    cfg = pipeline_cfg(
+        f"run_dir={tmp_path}", "dry_run=true", "rounds=1", "eval_benchmarks=[math500,aime24]",
+        "benchmarks.prompts.max_prompts=100", "evaluate.sampling.n=2",
+    )  # fmt: skip
+    status = run(cfg)
+    names = [s["name"] for s in status["steps"]]
+    assert names[-4:] == ["bench/round_0_sft/math500", "bench/round_0_sft/aime24", "bench/grpo/math500", "bench/grpo/aime24"]  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if "] bench/grpo/aime24 " in x)
+    # The benchmark's own problems (30, under the 100 cap) and its R1 protocol (16 samples, 32k tokens).
+    assert line.endswith(
+        "bench/grpo/aime24 (evaluate): aime24: 30 problems x 16 samples x <= 32,768 new tokens = <= 15.7M "
+        "tokens; protocol r1 (T 0.6, top-p 0.95); backend hf"
+    )
+    assert "math500: 100 problems x 4 samples" in next(x for x in out if "] bench/grpo/math500 " in x)
+    bench = OmegaConf.load(tmp_path / "plan/bench/round_0_sft/math500.yaml")
+    assert (bench.benchmark.name, bench.model.path, bench.output_dir) == (
+        "math500",
+        f"{tmp_path}/round_0/sft/model",
+        f"{tmp_path}/bench/round_0_sft/math500",
+    )
+    assert bench.sampling.n == 4 and OmegaConf.load(tmp_path / "plan/eval/grpo.yaml").sampling.n == 2
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_presets_compose_every_stage(name, tmp_path):
     over = [f"experiment={name}", f"run_dir={tmp_path}"]
@@ -405,6 +450,22 @@ def test_experiment_presets_compose_every_stage(name, tmp_path):
         assert by_name["round_0/sft"].model.path == "/models/base"
         assert by_name["round_0/reward_model"].model.path == f"{tmp_path}/round_0/sft/model"
         assert "tiny_model" not in by_name
+        # Benchmarks on the GPU: the preset's vLLM sampling group, the benchmark's R1 decoding.
+        benched = [n for n in by_name if n.startswith("bench/")]
+        assert benched == [f"bench/{m}/{b}" for m in ("round_0_sft", "round_1_sft", "grpo") for b in ("math500", "aime24")]  # fmt: skip
+        aime = by_name["bench/grpo/aime24"]
+        s = aime.sampling
+        assert (aime.benchmark.name, s.n, s.temperature, s.top_p, s.max_new_tokens) == (
+            "aime24",
+            16,
+            0.6,
+            0.95,
+            32768,
+        )
+        assert s.backend == "auto" and s.tensor_parallel_size == (8 if "7b" in name else 1)
+        assert aime.model.dtype == "bfloat16" and aime.prompts.max_prompts is None
+    else:
+        assert not [n for n in by_name if n.startswith("bench/")]
 
 
 def test_gpu_presets_need_the_local_paths():
