@@ -647,6 +647,14 @@ def test_pipeline_end_to_end_on_a_real_tokenizer_family(tmp_path, family_models,
     model = family_model_config(family_models, name)
     rounds = 2 if name == "r1" else 1
     extra = [f"common.model.chat_template={model.chat_template}"] if model.chat_template else []
+    if name == "qwen2.5":  # and the benchmark steps, down to 3 AIME problems x 2 samples of 8 tokens
+        extra += [
+            "eval_benchmarks=[aime24]",
+            "benchmarks.prompts.max_prompts=3",
+            "benchmarks.sampling.n=2",
+            "benchmarks.sampling.max_new_tokens=8",
+            "benchmarks.sampling.backend=hf",
+        ]
     cmd = [
         sys.executable, "-m", "pipeline", f"run_dir={tmp_path}", f"model_path={model.path}", f"rounds={rounds}",
         *FAMILY_RUN, *extra,
@@ -694,4 +702,12 @@ def test_pipeline_end_to_end_on_a_real_tokenizer_family(tmp_path, family_models,
     generation = json.loads((tmp_path / f"round_{last}/grpo/model/generation_config.json").read_text())
     eos = generation["eos_token_id"]
     assert renderer.eot_id in (eos if isinstance(eos, list) else [eos])
-    assert (tmp_path / "report" / "report.md").exists()
+    report = (tmp_path / "report" / "report.md").read_text()
+    if name == "qwen2.5":
+        bench = json.loads((tmp_path / "bench/grpo/aime24/metrics.json").read_text())
+        assert bench["benchmark"] == "aime24" and bench["prompts"] == 3 and bench["samples_per_prompt"] == 2
+        assert bench["preview"]["prompt"].startswith("<|im_start|>system\nYou are Qwen")
+        section = report[report.index("## Benchmarks") :].splitlines()
+        assert section[2] == "| model | aime24 |"
+        grpo_row = next(line for line in section if line.startswith("| grpo |"))
+        assert "±" in grpo_row and "(3 × 2)" in grpo_row
