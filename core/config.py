@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
 
 MATH_INSTRUCTION_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def world_size() -> int:
+    """Processes of this run as the launcher set them (1 outside torchrun / accelerate). Here, not in
+    core.training, so that composing a config never imports torch."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def help_field(default: Any = dataclasses.MISSING, help: str = "", hashed: bool = True, **kwargs: Any) -> Any:

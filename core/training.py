@@ -14,11 +14,9 @@ from typing import Any
 
 import torch
 
+from core.config import world_size  # noqa: F401  (re-exported: the stages import it from here)
+
 log = logging.getLogger(__name__)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:

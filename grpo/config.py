@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import ModelConfig, PeftConfig, help_field, register_schema
-from core.training import world_size
+from core.config import ModelConfig, PeftConfig, help_field, register_schema, world_size
 
 # TRL 1.16 GRPOConfig.loss_type values with a clipped-ratio objective; the first three are the documented ones.
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
