@@ -114,7 +114,9 @@ def input_stats(root: Path) -> dict[str, Any]:
     """Rows, shards, bytes on disk, and uncompressed bytes of the columns the stage reads."""
     import pyarrow.parquet as pq
 
-    from data_process.stage import READ_COLUMNS
+    from data_process.openr1 import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
+    read_columns = {*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS}
 
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
     rows = disk = uncompressed = 0
@@ -126,7 +128,7 @@ def input_stats(root: Path) -> dict[str, Any]:
             group = md.row_group(rg)
             for c in range(group.num_columns):
                 col = group.column(c)
-                if col.path_in_schema.split(".")[0] in READ_COLUMNS:
+                if col.path_in_schema.split(".")[0] in read_columns:
                     uncompressed += col.total_uncompressed_size
     return {"rows": rows, "shards": len(files), "disk_mb": disk / MiB, "read_columns_mb": uncompressed / MiB}
 

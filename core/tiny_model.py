@@ -2,7 +2,7 @@
 LM and a Qwen2 reward-model head (one score), saved in Hugging Face format (safetensors + tokenizer + chat
 template), so every stage, vLLM included, loads it like any hub model, without a hub.
 
-Decisions (measured, see ../shared/ENVIRONMENT.md):
+Decisions (measured on the 2-core development machines):
 - every digit is its own token (`Digits(individual_digits=True)` before `ByteLevel`): arithmetic is learnt
   in a few thousand steps instead of never;
 - `<think>` / `</think>` are ordinary added tokens, not special ones, so `skip_special_tokens` keeps them;
