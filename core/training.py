@@ -132,11 +132,17 @@ def lora_config(peft: Any, task_type: str) -> Any:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest COMPLETE checkpoint: one whose trainer_state.json (written after the weights and the
+    optimizer) exists. A run killed while writing checkpoint-30 resumes from checkpoint-20, where
+    transformers' get_last_checkpoint would pick the half-written folder and fail on it."""
     if not checkpoint_dir.is_dir():
         return None
-    return get_last_checkpoint(str(checkpoint_dir))
+    done = [
+        (int(p.name.split("-")[1]), p)
+        for p in checkpoint_dir.glob("checkpoint-*")
+        if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return str(max(done)[1]) if done else None
 
 
 def loss_summary(log_history: list[dict[str, Any]], key: str = "loss") -> dict[str, Any]:

@@ -308,6 +308,20 @@ def test_packing_runs_padding_free(sft_cfg):
 # ------------------------------------------------------------------------------------------ processes
 
 
+def test_resume_skips_a_checkpoint_killed_half_written(tmp_path):
+    """A kill while checkpoint-30 is being written leaves its folder without trainer_state.json: resume
+    from checkpoint-20 (this picked checkpoint-30 and failed on its missing state, a flaky resume)."""
+    from core.training import last_checkpoint
+
+    for step in (10, 20, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if step < 30:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-30" / "model.safetensors").write_bytes(b"partial")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+    assert last_checkpoint(tmp_path / "none") is None
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_to_the_same_step_count(tmp_path, tiny_model, sft_data):
     cmd = stage_command(
