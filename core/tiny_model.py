@@ -16,21 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.artifacts import Manifest, describe_dirs, invalidate, is_complete, read_manifest
+from core.artifacts import Manifest
 from core.chat import THINK_CLOSE, THINK_OPEN, record_to_messages, user_content
 from core.config import (
     MATH_INSTRUCTION_SUFFIX,
-    finish_stage,
     help_field,
     hydra_entry,
     register_schema,
-    stage_config_hash,
 )
+from core.lifecycle import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -182,25 +180,14 @@ register_schema("tiny_model_schema", TinyModelStageConfig)
 
 def run(cfg: TinyModelStageConfig) -> Manifest:
     out = Path(cfg.output_dir)
-    chash = stage_config_hash(cfg.shape)
-    if not cfg.force and is_complete(out, chash, {}):
-        log.info("tiny model in %s is complete; skipping", out)
-        return read_manifest(out)  # type: ignore[return-value]
-    started = time.time()
-    invalidate(out)
+    stage = StageRun("tiny_model", cfg, out, inputs={}, hashed=cfg.shape)
+    if (done := stage.begin()) is not None:
+        return done
     dirs = build(cfg.shape, out)
-    outputs = describe_dirs({name: Path(d) for name, d in dirs.items()}, out)
-    manifest = finish_stage(
-        out,
-        cfg,
-        stage="tiny_model",
-        cfg_hash=chash,
-        inputs={},
-        outputs=outputs,
+    return stage.finish(
+        dirs={name: Path(d) for name, d in dirs.items()},
         metrics={"policy_dir": "policy", "reward_model_dir": "reward_model"},
-        started_at=started,
     )
-    return manifest
 
 
 if __name__ == "__main__":

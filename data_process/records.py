@@ -132,7 +132,7 @@ def missing_trace_flags(row: dict[str, Any]) -> Counter[str]:
     return notes
 
 
-def is_complete(row: dict[str, Any], i: int) -> bool:
+def generation_finished(row: dict[str, Any], i: int) -> bool:
     """Trace `i` ran to its end: its finish reason is "stop" where known, else `is_reasoning_complete`
     says so, and it closes `</think>` (always checked: the SFT target must show the whole reasoning).
 

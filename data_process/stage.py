@@ -27,13 +27,11 @@ from core.artifacts import (
     Manifest,
     ParquetSink,
     fingerprint_files,
-    invalidate,
-    is_complete,
     read_manifest,
     sha256_file,
 )
 from core.chat import ChatRenderer
-from core.config import finish_stage, stage_config_hash
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from core.verifier import verify_batch
 from data_process import records, synthetic
@@ -55,10 +53,9 @@ def ensure_synthetic_input(cfg: DataProcessConfig) -> Path:
     """Generate the synthetic OpenR1 shards (once; skipped when their manifest matches)."""
     spec_cfg = cfg.synthetic
     out = Path(spec_cfg.output_dir)
-    chash = stage_config_hash(spec_cfg)
-    if is_complete(out, chash, {}):
+    stage = StageRun("synthetic_openr1", spec_cfg, out, inputs={})
+    if stage.begin() is not None:
         return out
-    invalidate(out)
     spec = synthetic.SyntheticSpec(
         num_problems=spec_cfg.num_problems,
         seed=spec_cfg.seed,
@@ -72,20 +69,9 @@ def ensure_synthetic_input(cfg: DataProcessConfig) -> Path:
         verbose_words=spec_cfg.verbose_words,
         mix=synthetic.TraceMix(p_correct=spec_cfg.p_correct, p_unfinished=spec_cfg.p_unfinished),
     )
-    started = time.time()
     log.info("generating %d synthetic OpenR1-schema problems into %s", spec.num_problems, out)
     files = synthetic.write_shards(spec, out, shard_rows=spec_cfg.shard_rows)
-    outputs = {f.path: f for f in files}
-    finish_stage(
-        out,
-        spec_cfg,
-        stage="synthetic_openr1",
-        cfg_hash=chash,
-        inputs={},
-        outputs=outputs,
-        metrics={"rows": sum(f.rows or 0 for f in files)},
-        started_at=started,
-    )
+    stage.finish({f.path: f for f in files}, {"rows": sum(f.rows or 0 for f in files)})
     return out
 
 
@@ -209,7 +195,7 @@ class _Processor:
         candidates: list[tuple[dict[str, Any], int, str]] = []
         for row, row_verdicts in zip(train, verdicts, strict=True):
             correct_flags = records.correctness(row, self.cfg.traces.correctness, row_verdicts)
-            complete = [records.is_complete(row, i) for i in range(len(row["generations"]))]
+            complete = [records.generation_finished(row, i) for i in range(len(row["generations"]))]
             good = [i for i, (c, ok) in enumerate(zip(correct_flags, complete, strict=True)) if c and ok]
             self.write_pairs(row, good, complete, row_verdicts)
             if not good:
@@ -345,7 +331,6 @@ def decontamination_metrics(decontam: Decontaminator | None) -> dict[str, Any]:
 
 
 def run(cfg: DataProcessConfig) -> Manifest:
-    started = time.time()
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the inputs is checked before the first row is read.
     tokenizer = load_tokenizer(cfg.model)
@@ -371,12 +356,9 @@ def run(cfg: DataProcessConfig) -> Manifest:
         ),
     }
     inputs.update(decontamination_inputs(cfg, decontam_sources))
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("data_process: %s is complete for this config and input; skipping", out)
-        return read_manifest(out)  # type: ignore[return-value]
-    invalidate(out)
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StageRun(STAGE, cfg, out, inputs)
+    if (done := stage.begin()) is not None:
+        return done
 
     processor = _Processor(cfg, out, chat_renderer(cfg.model, tokenizer), decontam)
     total = sum(s.rows for s in shards)
@@ -416,16 +398,7 @@ def run(cfg: DataProcessConfig) -> Manifest:
         "seconds": round(elapsed, 2),  # reading, filtering, tokenizing, writing (not input generation)
         "rows_per_second": round(processor.rows_read / max(elapsed, 1e-9), 1),
     }
-    manifest = finish_stage(
-        out,
-        cfg,
-        stage=STAGE,
-        cfg_hash=chash,
-        inputs=inputs,
-        outputs=outputs,
-        metrics=metrics,
-        started_at=started,
-    )
+    manifest = stage.finish(outputs, metrics)
     log.info(
         "data_process: %d rows read, %d kept, %d SFT records, %d pairs, %d prompts -> %s",
         processor.rows_read,

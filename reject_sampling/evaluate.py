@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from core.artifacts import describe_file, invalidate, is_complete, read_manifest, write_json_atomic
-from core.config import finish_stage, hydra_entry, stage_config_hash
+from core.artifacts import describe_file, write_json_atomic
+from core.config import hydra_entry
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from reject_sampling.benchmarks import (
     Benchmark,
@@ -115,16 +115,13 @@ def benchmark_metrics(cfg: EvaluateConfig, bench: Benchmark, scored: pd.DataFram
 
 
 def run(cfg: EvaluateConfig) -> dict:
-    started = time.time()
     out = Path(cfg.output_dir)
     cfg, bench = use_benchmark(cfg, out)
     _, inputs = check_inputs(cfg, needs_gold=True)
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("%s: %s is complete for this config and inputs; skipping", STAGE, out)
-        return read_manifest(out).metrics  # type: ignore[union-attr]
-    invalidate(out)
-    restart_if_changed(out, {"config": chash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
+    stage = StageRun(STAGE, cfg, out, inputs)
+    if (done := stage.begin()) is not None:
+        return done.metrics
+    restart_if_changed(out, {"config": stage.config_hash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
 
     samples_path = draw(cfg, out, "samples", greedy=False)
     verified_path = out / "verified.parquet"
@@ -167,16 +164,7 @@ def run(cfg: EvaluateConfig) -> dict:
         f", greedy {metrics['greedy_accuracy']:.3f}" if cfg.greedy else "",
         metrics["prompts"], metrics["samples_per_prompt"], out,
     )  # fmt: skip
-    finish_stage(
-        out,
-        cfg,
-        stage=STAGE,
-        cfg_hash=chash,
-        inputs=inputs,
-        outputs=outputs,
-        metrics=metrics,
-        started_at=started,
-    )
+    stage.finish(outputs, metrics)
     return metrics
 
 

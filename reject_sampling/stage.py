@@ -19,13 +19,12 @@ inside their step); a run with a different config or different inputs starts the
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from core.artifacts import Manifest, describe_file, invalidate, is_complete, read_manifest
-from core.config import finish_stage, stage_config_hash
+from core.artifacts import Manifest, describe_file
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
@@ -78,16 +77,13 @@ def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFr
 
 
 def run(cfg: RejectSamplingConfig) -> Manifest:
-    started = time.time()
     out = Path(cfg.output_dir)
     # At the door: models and prompts exist and are well formed, before anything is loaded.
     prompts, inputs = check_inputs(cfg, needs_gold=cfg.selection.policy != "rm_threshold")
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("%s: %s is complete for this config and inputs; skipping", STAGE, out)
-        return read_manifest(out)  # type: ignore[return-value]
-    invalidate(out)
-    restart_if_changed(out, {"config": chash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
+    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    if (done := stage.begin()) is not None:
+        return done
+    restart_if_changed(out, {"config": stage.config_hash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
 
     samples_path = draw_samples(cfg, cfg.sampling, out / "samples.parquet", log_file=out / "logs/sample.log")
     scored = score(cfg, out, samples_path)
@@ -118,7 +114,4 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
         STAGE, cfg.round, metrics["pass@1"], metrics["prompts"], len(records), len(pairs), out,
     )  # fmt: skip
     (out / "verified.parquet").unlink(missing_ok=True)  # scored.parquet holds the same rows and more
-    return finish_stage(
-        out, cfg, stage=STAGE, cfg_hash=chash, inputs=inputs, outputs=outputs, metrics=metrics,
-        started_at=started, round=cfg.round,
-    )  # fmt: skip
+    return stage.finish(outputs, metrics)

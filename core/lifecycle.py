@@ -1,0 +1,99 @@
+"""The lifecycle every stage shares: identify the work, skip it if it is done, clear the way, write last.
+
+    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    if (done := stage.begin()) is not None:
+        return done                     # finished earlier with this config and these inputs
+    ...                                 # the stage's own work, writing its outputs atomically
+    return stage.finish(outputs, metrics)
+
+- Identity: the hash of the config's hashed fields (core.config.hashed_view) and the identities of its
+  inputs (upstream manifests' content hashes, file hashes, model-directory fingerprints).
+- `begin()` returns the manifest of a finished run with that identity (nothing else happens), or removes the
+  old manifest before any output is rewritten, so a crash half-way cannot leave an old manifest vouching
+  for new, half-written files. `force=true` in a config redoes the work.
+- `finish()` writes the resolved config.yaml beside the outputs, then the manifest, last: its presence is
+  what marks the stage complete (core/artifacts.py).
+
+Every rank of a multi-process training run calls these; only the main process removes or writes the
+manifest (the ranks share the output directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import (
+    Manifest,
+    OutputFile,
+    describe_dirs,
+    invalidate,
+    is_complete,
+    read_manifest,
+    write_manifest,
+)
+from core.config import stage_config_hash, to_dict, write_resolved_config
+
+log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class StageRun:
+    """One run of a stage into `out`. `hashed` is what the config hash covers (default: all of `cfg`)."""
+
+    stage: str
+    cfg: Any
+    out: Path
+    inputs: dict[str, str]
+    round: int | None = None
+    hashed: Any = None
+    config_hash: str = field(init=False)
+    started_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.config_hash = stage_config_hash(self.cfg if self.hashed is None else self.hashed)
+        self.started_at = time.time()
+
+    def begin(self) -> Manifest | None:
+        """The manifest of a finished run with this identity, or None once the way is clear for a new one."""
+        if not getattr(self.cfg, "force", False) and is_complete(self.out, self.config_hash, self.inputs):
+            log.info("%s: %s is complete for this config and inputs; skipping", self.stage, self.out)
+            return read_manifest(self.out)
+        if is_main_process():
+            invalidate(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def finish(
+        self,
+        outputs: dict[str, OutputFile] | None = None,
+        metrics: dict[str, Any] | None = None,
+        dirs: dict[str, Path] | None = None,
+    ) -> Manifest:
+        """config.yaml, then the manifest (last). `dirs` (saved models) are listed file by file."""
+        listed = dict(outputs or {})
+        if dirs:
+            listed.update(describe_dirs(dirs, self.out))
+        manifest = Manifest(
+            stage=self.stage,
+            round=self.round,
+            config_hash=self.config_hash,
+            config=to_dict(self.cfg),
+            inputs=self.inputs,
+            outputs=listed,
+            metrics=metrics or {},
+            started_at=self.started_at,
+        )
+        if is_main_process():
+            write_resolved_config(self.out, self.cfg)
+            write_manifest(self.out, manifest)
+        return manifest
