@@ -167,13 +167,26 @@ def register_schema(name: str, node: type) -> None:
 
 
 def hydra_entry(
-    config_name: str, schema: type[T], run: Callable[[T], Any], sweep_field: str = "output_dir"
+    config_name: str, schema: type[T], run: Callable[[T], Any] | str, sweep_field: str = "output_dir"
 ) -> None:
     """The thin `__main__` of a stage: compose conf/<config_name>.yaml with overrides, type it, run it.
 
     In a multirun sweep (`-m`) every job gets its own output: `<sweep_field>/sweep_<job number>`, so two
     learning rates never overwrite each other (the job's overrides are in its config.yaml and manifest).
+
+    `--help` / `-h` prints core.help's page (each option with its value and help text, the config groups this
+    stage uses; the overrides before it applied) and exits without running anything; Hydra's own help,
+    which lists every group under conf/ and no help texts, stays available as `--hydra-help`. `run` may be
+    "module:function", imported only when the stage runs, so that `--help` does not pay for the stage's
+    imports (torch).
     """
+    import sys
+
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from core.help import main_help
+
+        raise SystemExit(main_help(config_name, schema, sys.argv[1:]))
+
     import hydra
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
@@ -185,7 +198,13 @@ def hydra_entry(
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and hasattr(typed, sweep_field):
             setattr(typed, sweep_field, f"{getattr(typed, sweep_field)}/sweep_{hydra_cfg.job.num}")
-        run(typed)
+        if isinstance(run, str):
+            import importlib
+
+            module, _, name = run.partition(":")
+            getattr(importlib.import_module(module), name)(typed)
+        else:
+            run(typed)
 
     _main()
 
