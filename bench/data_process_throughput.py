@@ -8,11 +8,18 @@ What it does:
 1. generates (once; cached under --work-dir) `--rows` synthetic rows in the exact OpenR1 schema with
    real-length traces (`SyntheticSpec(verbose_words=N)`: median ~N words per trace, lognormal, 2-4 traces
    per row), written as shards of `--shard-rows` rows; generation time is reported, not counted;
-2. builds the tiny tokenizer (core/tiny_model.py) under --work-dir if missing;
-3. runs `data_process.stage.run` on a subset of the shards (`--small-rows`) and on all of them, each in its
-   own subprocess so that peak RSS is that process's own (`ru_maxrss` from `os.wait4`, cross-checked by
-   psutil polling); measures wall time, rows/s, SFT tokens/s (manifest `sft.tokens`), input MB/s;
-4. prints a markdown table (command line first) and writes bench/results/data_process_throughput.json.
+2. sets up each tokenizer of `--tokenizers` under --work-dir: `tiny` is the tiny model's byte-level BPE
+   (core/tiny_model.py, 384 tokens; or --tiny-dir's), `qwen2.5` the real Qwen2.5-Instruct tokenizer and
+   chat template vendored in tests/realdata/ (unpacked by tests/families.py, as the tests do). The stage
+   only needs a tokenizer, so no model weights are built for it. Both by default, because the tiny
+   tokenizer alone says little about a real run: its tiny vocabulary cuts text into ~4x more tokens, which
+   is where the stage spends its time, while the real one holds a 151k-entry vocabulary in memory;
+3. runs `data_process.stage.run` on a subset of the shards (`--small-rows`) and on all of them, with each
+   tokenizer, each in its own subprocess so that peak RSS is that process's own (`ru_maxrss` from
+   `os.wait4`, cross-checked by psutil polling); measures wall time, rows/s, SFT tokens/s (manifest
+   `sft.tokens`), input MB/s;
+4. prints a markdown table (command line first) and writes bench/results/data_process_throughput.json
+   (`--out`; a `--smoke` run writes to a temporary folder).
 
 Stage config: progress=False, force=True, filters.max_tokens=--max-tokens (32768, so long traces are not
 all dropped), sft_fraction=1.0 (the dataclass default, not conf/data_process.yaml's 0.25).
@@ -21,6 +28,7 @@ Run (from the repository root):
     source .venv/bin/activate
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
     python bench/data_process_throughput.py [--rows 50000] [--verbose-words 3000] [--work-dir /tmp/bench_data_process]
+    python bench/data_process_throughput.py --smoke   # seconds: 200 rows, both tokenizers (CI)
 Add `--profile` to run the stage under cProfile as well (top functions printed, .prof kept in --work-dir).
 """
 
@@ -34,8 +42,10 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +53,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DEFAULT_RESULTS = REPO / "bench" / "results" / "data_process_throughput.json"
+from _common import parse_args, results_path  # noqa: E402  (bench/ is the script's own folder)
+
 RSS_GOAL_MIB = 2048
+TOKENIZERS = ("tiny", "qwen2.5")
+# Smoke: no small run, since each stage subprocess spends ~5 CPU s importing transformers before its first row.
+SMOKE = {"rows": 200, "small_rows": 0, "shard_rows": 100, "verbose_words": 50}
 MiB = 1024 * 1024
 
 
@@ -79,23 +93,32 @@ def ensure_input(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "verbose_words": args.verbose_words,
         "seed": args.seed,
         "shard_rows": args.shard_rows,
-        "files": [f"default/{f.path}" for f in files],
+        "files": [f.path for f in files],  # relative to root, subset folder included
         "seconds": round(time.perf_counter() - started, 1),
     }
     marker.write_text(json.dumps(info, indent=2) + "\n")
     return root, {**info, "cached": False}
 
 
-def ensure_tokenizer(work_dir: Path) -> tuple[Path, dict[str, Any]]:
-    policy = work_dir / "tiny_model" / "policy"
+def ensure_tokenizer(name: str, work_dir: Path, tiny_dir: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The directory the stage's `model.path` points at for tokenizer `name` (see the module docstring)."""
+    if name == "tiny" and tiny_dir:
+        return Path(tiny_dir), {"cached": True, "seconds": 0.0, "source": tiny_dir}
+    policy = work_dir / "tiny_model" / "policy" if name == "tiny" else work_dir / f"tokenizer_{name}"
     if (policy / "tokenizer.json").exists() and (policy / "tokenizer_config.json").exists():
         return policy, {"cached": True, "seconds": 0.0}
-    from core.tiny_model import TinyModelConfig, build
-
-    print(f"building the tiny tokenizer/model into {policy.parent} ...", flush=True)
     started = time.perf_counter()
-    dirs = build(TinyModelConfig(), policy.parent)
-    return Path(dirs["policy"]), {"cached": False, "seconds": round(time.perf_counter() - started, 1)}
+    if name == "tiny":
+        from core.tiny_model import TinyModelConfig, build
+
+        print(f"building the tiny tokenizer/model into {policy.parent} ...", flush=True)
+        policy = Path(build(TinyModelConfig(), policy.parent)["policy"])
+    else:
+        from tests.families import FAMILIES, write_tokenizer
+
+        print(f"unpacking the vendored {name} tokenizer into {policy} ...", flush=True)
+        write_tokenizer(FAMILIES[name], policy)
+    return policy, {"cached": False, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def subset_input(full_root: Path, files: list[str], n_shards: int, work_dir: Path) -> Path:
@@ -165,7 +188,9 @@ class RssPoller(threading.Thread):
             self.done.wait(self.interval)
 
 
-def run_stage(label: str, input_dir: Path, policy: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_stage(
+    label: str, tokenizer: str, input_dir: Path, policy: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """Run the stage in a child process; wall time, peak RSS (wait4 ru_maxrss) and the manifest metrics."""
     work = Path(args.work_dir)
     out_dir = work / "runs" / label / "data"
@@ -223,6 +248,7 @@ def run_stage(label: str, input_dir: Path, policy: Path, args: argparse.Namespac
     step = max(1, len(poller.samples) // 200)
     return {
         "label": label,
+        "tokenizer": tokenizer,
         "input": {k: round(v, 1) if isinstance(v, float) else v for k, v in stats.items()},
         "wall_s": round(wall, 2),
         "stage_s": stage_s,
@@ -285,14 +311,14 @@ def child_main(spec_path: str) -> None:
 
 def markdown(runs: list[dict[str, Any]]) -> str:
     head = (
-        "| run | rows | shards | input MB (disk / read cols) | wall s | stage s | rows/s | SFT records "
+        "| run | tokenizer | rows | shards | input MB (disk / read cols) | wall s | stage s | rows/s | SFT records "
         "| SFT tokens | SFT tok/s | input MB/s (disk / read cols) | peak RSS MiB (wait4 / polled) | CPU s | load avg before / after |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in runs:
         i, m = r["input"], r["metrics"]
         lines.append(
-            f"| {r['label']} | {i['rows']:,} | {i['shards']} | {i['disk_mb']:,.0f} / {i['read_columns_mb']:,.0f} "
+            f"| {r['label']} | {r['tokenizer']} | {i['rows']:,} | {i['shards']} | {i['disk_mb']:,.0f} / {i['read_columns_mb']:,.0f} "
             f"| {r['wall_s']:.1f} | {r['stage_s']:.1f} | {r['rows_per_s']:,.0f} | {m['sft']['written']:,} "
             f"| {m['sft']['tokens']:,} | {r['sft_tokens_per_s']:,.0f} "
             f"| {r['input_disk_mb_per_s']:.1f} / {r['input_read_columns_mb_per_s']:.1f} "
@@ -315,7 +341,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=50_000, help="Rows of the full-size run.")
     parser.add_argument("--small-rows", type=int, default=10_000, help="Rows of the small run (0: skip).")
@@ -326,50 +352,82 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=256, help="Stage batch_size (rows per record batch)."
     )
-    parser.add_argument("--work-dir", default="/tmp/bench_data_process")
-    parser.add_argument("--results", default=str(DEFAULT_RESULTS))
+    parser.add_argument(
+        "--tokenizers",
+        default=",".join(TOKENIZERS),
+        help=f"Comma-separated, each run once per tokenizer: {', '.join(TOKENIZERS)}.",
+    )
+    parser.add_argument(
+        "--tiny-dir",
+        default=None,
+        help="An already built tiny policy dir (default: build one in --work-dir).",
+    )
+    parser.add_argument(
+        "--work-dir", default=None, help="Default /tmp/bench_data_process (smoke: a temp dir)."
+    )
     parser.add_argument("--profile", action="store_true", help="Run the stage under cProfile too.")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, argv, SMOKE)
     if args._child:
         child_main(args._child)
-        return
+        return {}
+    tokenizers = [t for t in args.tokenizers.split(",") if t]
+    if unknown := sorted(set(tokenizers) - set(TOKENIZERS)):
+        parser.error(f"--tokenizers: unknown {unknown}; choose from {list(TOKENIZERS)}")
+    if args.work_dir is None:
+        args.work_dir = (
+            tempfile.mkdtemp(prefix="bench_data_process_") if args.smoke else "/tmp/bench_data_process"
+        )
 
     cmd = command_line()
     print(f"$ {cmd}\n", flush=True)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     full_root, gen = ensure_input(args)
-    policy, tok = ensure_tokenizer(work)
+    policies = {name: ensure_tokenizer(name, work, args.tiny_dir) for name in tokenizers}
     print(
         f"input: {'cached' if gen['cached'] else 'generated'} ({gen['seconds']} s to generate, not counted); "
-        f"tokenizer: {'cached' if tok['cached'] else 'built'} ({tok['seconds']} s)",
+        + "; ".join(
+            f"tokenizer {name}: {'cached' if tok['cached'] else 'set up'} ({tok['seconds']} s)"
+            for name, (_, tok) in policies.items()
+        ),
         flush=True,
     )
 
-    runs = []
+    inputs = []
     if 0 < args.small_rows < args.rows:
         n_shards = -(-args.small_rows // args.shard_rows)
         small = subset_input(full_root, gen["files"], n_shards, work)
-        runs.append(run_stage(f"small_{n_shards * args.shard_rows // 1000}k", small, policy, args))
-    runs.append(run_stage(f"full_{args.rows // 1000}k", full_root, policy, args))
+        inputs.append((f"small_{n_shards * args.shard_rows / 1000:g}k", small))
+    inputs.append((f"full_{args.rows / 1000:g}k", full_root))
+    runs = [
+        run_stage(f"{size}_{name}", name, root, policy, args)
+        for name, (policy, _) in policies.items()
+        for size, root in inputs
+    ]
 
     from core.artifacts import git_revision, library_versions
 
-    peaks = [r["peak_rss_mib"] for r in runs]
-    verdict = (
-        f"peak RSS max {max(peaks):,.0f} MiB (goal < {RSS_GOAL_MIB} MiB: "
-        f"{'PASS' if max(peaks) < RSS_GOAL_MIB else 'FAIL'})"
-    )
-    if len(runs) > 1:
-        growth = runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
-        ratio = runs[-1]["input"]["rows"] / runs[0]["input"]["rows"]
-        verdict += f"; {ratio:.1f}x the rows -> {growth:.2f}x the peak RSS"
+    verdicts = []
+    for name in policies:
+        mine = [r for r in runs if r["tokenizer"] == name]
+        peak = max(r["peak_rss_mib"] for r in mine)
+        verdict = (
+            f"{name}: peak RSS max {peak:,.0f} MiB (goal < {RSS_GOAL_MIB} MiB: "
+            f"{'PASS' if peak < RSS_GOAL_MIB else 'FAIL'})"
+        )
+        if len(mine) > 1:
+            growth = mine[-1]["peak_rss_mib"] / mine[0]["peak_rss_mib"]
+            ratio = mine[-1]["input"]["rows"] / mine[0]["input"]["rows"]
+            verdict += f"; {ratio:.1f}x the rows -> {growth:.2f}x the peak RSS"
+        verdicts.append(verdict)
+    verdict = "\n".join(verdicts)
     table = markdown(runs)
     print(f"\n$ {cmd}\n\n{table}\n\n{verdict}")
     if args.profile:
         print(f"\ncProfile output is in the logs and .prof files under {work}")
 
+    out = results_path(args, "data_process_throughput")
     results = {
         "command": cmd,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -384,14 +442,14 @@ def main() -> None:
         },
         "args": {k: v for k, v in vars(args).items() if k != "_child"},
         "generation": gen,
-        "tokenizer": {**tok, "policy_dir": str(policy)},
+        "tokenizers": {name: {**tok, "policy_dir": str(policy)} for name, (policy, tok) in policies.items()},
         "runs": runs,
         "markdown": table,
     }
-    out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {out}")
+    return results
 
 
 if __name__ == "__main__":

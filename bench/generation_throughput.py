@@ -11,11 +11,17 @@ of `--repeats` calls (the same seeds each time, so the same tokens).
 
     # CPU, a fresh untrained tiny model (~5 minutes on 2 busy cores)
     .venv/bin/python bench/generation_throughput.py
+    # smoke (CI, seconds): 4 prompts, 8 new tokens, one repeat, transformers and vLLM with prefix caching
+    .venv/bin/python bench/generation_throughput.py --smoke [--model DIR]
     # any local model, e.g. on a GPU machine with vLLM installed
     python bench/generation_throughput.py --model /models/Qwen2.5-1.5B-Instruct --prompts 256 --max-new-tokens 1024
 
 An untrained model rarely emits its end-of-turn token, so almost every completion runs to max_new_tokens:
 the lengths are the same for both backends, which is what a throughput comparison needs.
+
+`--backends` picks the configurations (default: all three; the vLLM ones only where vLLM imports). The smoke
+run leaves out "vllm, prefix caching off": it is the same code with one flag flipped, and every vLLM engine
+start costs a CPU machine several seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,8 +45,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).resolve().parent / "results" / "generation_throughput_cpu.json"
+from _common import parse_args, results_path  # bench/, the script's own folder
+
 NS = (1, 4, 16)
+# --backends name -> (display name, worker kind, prefix caching)
+BACKENDS = {
+    "transformers": ("transformers", "hf", "off"),
+    "vllm-prefix-on": ("vllm, prefix caching on", "vllm", "on"),
+    "vllm-prefix-off": ("vllm, prefix caching off", "vllm", "off"),
+}
+SMOKE = {"prompts": 4, "max_new_tokens": 8, "repeats": 1, "backends": "transformers,vllm-prefix-on"}
 
 
 def questions(count: int, seed: int = 0) -> list[str]:
@@ -134,7 +149,7 @@ def run_worker(kind: str, prefix: str, model: str, args: argparse.Namespace) -> 
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -150,18 +165,28 @@ def main() -> None:
         default=1,
         help="CPU threads of each backend (vLLM's in-process CPU engine uses 1)",
     )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated, of {', '.join(BACKENDS)} (vLLM ones are skipped where vLLM is not installed)",
+    )
     parser.add_argument("--worker", choices=["hf", "vllm"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefix-caching", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, argv, SMOKE)
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
-        return
+        return {}
+    chosen = [b for b in args.backends.split(",") if b]
+    if unknown := sorted(set(chosen) - set(BACKENDS)):
+        parser.error(f"--backends: unknown {unknown}; choose from {list(BACKENDS)}")
 
     import importlib.util
 
     import torch
 
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    configs = {BACKENDS[b][0]: BACKENDS[b][1:] for b in chosen if BACKENDS[b][1] != "vllm" or has_vllm}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -169,18 +194,13 @@ def main() -> None:
             from core.tiny_model import TinyModelConfig, build
 
             model = build(TinyModelConfig(tokenizer_corpus_problems=500), Path(tmp) / "tiny")["policy"]
-        configs = {"transformers": ("hf", "off")}
-        if importlib.util.find_spec("vllm") is not None:
-            configs |= {
-                "vllm, prefix caching on": ("vllm", "on"),
-                "vllm, prefix caching off": ("vllm", "off"),
-            }
         results = {name: run_worker(kind, prefix, model, args) for name, (kind, prefix) in configs.items()}
     summary = {
         "args": {k: v for k, v in vars(args).items() if k not in ("worker", "prefix_caching")},
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"cpu ({os.cpu_count()} cores)",
+        "vllm_installed": has_vllm,
         # Other jobs on a shared machine slow every number down: the 1-minute load before and after.
         "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": results,
@@ -189,8 +209,11 @@ def main() -> None:
     for name, r in results.items():
         rates = " | ".join(str(r["runs"][str(n)]["tokens_per_s"]) for n in NS)
         print(f"| {name} | {r['startup_s']} | {rates} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    out = results_path(args, "generation_throughput_cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nresults written to {out}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ wrong one of that kind only, from the same model, and reports held-out accuracy 
     .venv/bin/python bench/reward_model_mistakes.py
     # from an SFT'd policy, more pairs and steps
     .venv/bin/python bench/reward_model_mistakes.py --model runs/default/round_0/sft/model --pairs 6000 --steps 400
+    # smoke (CI, seconds): 60 pairs and 3 steps per mistake kind, results in a temp dir
+    .venv/bin/python bench/reward_model_mistakes.py --smoke [--model DIR]
 
-Writes bench/results/reward_model_mistakes.json.
+Writes bench/results/reward_model_mistakes.json (`--out`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import parse_args, results_path  # bench/, the script's own folder
 
 from core.config import compose, to_typed
 from core.tiny_model import TinyModelConfig, build
@@ -36,10 +40,10 @@ from data_process.synthetic import WRONG_KINDS, mistake_pairs
 from reward_model import stage
 from reward_model.config import RMStageConfig
 
-RESULTS = Path(__file__).parent / "results" / "reward_model_mistakes.json"
+SMOKE = {"pairs": 60, "steps": 3}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -49,9 +53,23 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: conf/rm/tiny.yaml's")
-    args = parser.parse_args()
+    args = parse_args(parser, argv, SMOKE)
+    with tempfile.TemporaryDirectory(prefix="rm_mistakes_") as tmp:
+        results = run(args, Path(tmp))
+    report = {"model": args.model or "untrained tiny model", "pairs": args.pairs, "steps": args.steps}
+    out = results_path(args, "reward_model_mistakes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**report, "results": results}, indent=1) + "\n")
+    print(f"\n{report}")
+    print("| mistake | held-out pairs | accuracy | margin |\n| --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['mistake']} | {r['held_out_pairs']} | {r['accuracy']:.3f} | {r['margin']:.3f} |")
+    print(f"\nresults written to {out}")
+    return {**report, "results": results}
 
-    work = Path(tempfile.mkdtemp(prefix="rm_mistakes_"))
+
+def run(args, work: Path) -> list[dict]:
+    """One reward-model stage run per mistake kind, on pairs of that kind only."""
     model = args.model or build(TinyModelConfig(), work / "tiny_model")["policy"]
     results = []
     for k, kind in enumerate(WRONG_KINDS):
@@ -76,12 +94,7 @@ def main() -> None:
                 "seconds": round(time.time() - started, 1),
             }
         )
-    report = {"model": args.model or "untrained tiny model", "pairs": args.pairs, "steps": args.steps}
-    RESULTS.write_text(json.dumps({**report, "results": results}, indent=1) + "\n")
-    print(f"\n{report}")
-    print("| mistake | held-out pairs | accuracy | margin |\n| --- | --- | --- | --- |")
-    for r in results:
-        print(f"| {r['mistake']} | {r['held_out_pairs']} | {r['accuracy']:.3f} | {r['margin']:.3f} |")
+    return results
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ on a GPU, MFU against the dense bf16 peak.
     # GPU, a Qwen2.5-1.5B-shaped model (random weights; shape is what matters for speed) at 4k and 16k
     python bench/sft_throughput.py --model qwen2.5-1.5b-shape --max-length 4096 --peft lora --steps 20
     python bench/sft_throughput.py --model qwen2.5-1.5b-shape --max-length 16384 --peft lora --steps 10
+    # smoke (CI, seconds, CPU): 40 examples of <= 128 tokens, 1 warm-up step + 2 measured, results in a temp dir
+    .venv/bin/python bench/sft_throughput.py --smoke [--model qwen2.5-1.5b-shape] [--tiny-dir DIR]
+
+With --smoke, a shape other than `tiny` keeps its architecture (Qwen2), bf16 weights and the way it is
+built and saved, but shrinks to 2 layers of hidden size 64 and a 512-token vocabulary (SMOKE_SHAPE): the
+GPU benchmark's model code then runs on a CPU in seconds. What a CPU cannot exercise is the CUDA side
+(synchronisation, peak GPU memory, MFU) and the real vocabulary's memory.
 
 FLOPs per trained token = 6·N (N: non-embedding parameters) + 12·L·d·T̄ (attention, T̄: mean length of
 the sequence the token sits in; PaLM's convention, not halved for causality). MFU = achieved / peak,
@@ -25,6 +32,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,12 +42,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 import torch
+from _common import parse_args, results_path  # bench/, the script's own folder
 
 from core.artifacts import write_parquet_atomic
 from core.config import ModelConfig
 from core.tiny_model import TinyModelConfig, build
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sft_throughput.json"
+SMOKE = {"max_length": 128, "steps": 3, "warmup": 1, "examples": 40}
+# What --smoke shrinks a shape to: head_dim 32 like the tests' family models, and a vocabulary just above
+# the tiny tokenizer's, because a bf16 151,936-row LM head makes each CPU step take seconds.
+SMOKE_SHAPE = dict(
+    vocab_size=512,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=128,
+)
 SHAPES = {
     "tiny": None,
     # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads / 2 KV heads, MLP 8960, tied embeddings.
@@ -53,21 +72,24 @@ SHAPES = {
 }
 
 
-def make_model(shape: str, work: Path) -> Path:
-    tiny_dirs = build(TinyModelConfig(tokenizer_corpus_problems=500), work / "tiny")
+def make_model(shape: str, work: Path, tiny_dir: str | None = None, smoke: bool = False) -> Path:
+    """The tiny policy (`tiny_dir`, else built), or a random-weight model of `shape` around its tokenizer."""
+    policy = Path(tiny_dir or build(TinyModelConfig(tokenizer_corpus_problems=500), work / "tiny")["policy"])
     if SHAPES[shape] is None:
-        return Path(tiny_dirs["policy"])
+        return policy
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["policy"])
+    tokenizer = AutoTokenizer.from_pretrained(policy)
     config = Qwen2Config(
-        vocab_size=151936,
-        max_position_embeddings=32768,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-        **SHAPES[shape],
+        **{
+            "vocab_size": 151936,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": True,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+            **(SMOKE_SHAPE if smoke else SHAPES[shape]),
+        }
     )
     out = work / shape
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -180,7 +202,7 @@ def run_ours(model_dir: Path, data: Path, args, work: Path) -> tuple[dict, float
     )
     trainer = stage.build_trainer(cfg, tokenizer, prepared, work / "ours")
     mean_len = prepared.stats["tokens"] / prepared.stats["examples"]
-    return measure(trainer, args.steps), mean_len, trainer.model
+    return measure(trainer, args.steps, args.warmup), mean_len, trainer.model
 
 
 def run_plain_trl(model_dir: Path, data: Path, args, work: Path) -> dict:
@@ -223,16 +245,19 @@ def run_plain_trl(model_dir: Path, data: Path, args, work: Path) -> dict:
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
-    return measure(trainer, args.steps)
+    return measure(trainer, args.steps, args.warmup)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="steps before the clock starts (must be < --steps)"
+    )
     parser.add_argument("--examples", type=int, default=600)
     parser.add_argument("--peft", choices=["none", "lora"], default="none")
     parser.add_argument(
@@ -240,11 +265,16 @@ def main() -> None:
     )
     parser.add_argument("--plain-batch", type=int, default=8, help="padded examples per step (TRL default 8)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--tiny-dir", default=None, help="an already built tiny policy dir (default: build one)"
+    )
+    args = parse_args(parser, argv, SMOKE)
+    if not 0 < args.warmup < args.steps:
+        parser.error(f"need 0 < --warmup < --steps, got {args.warmup} and {args.steps}")
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_dir = make_model(args.model, work)
+        model_dir = make_model(args.model, work, args.tiny_dir, args.smoke)
         data = make_data(work, args.max_length, args.examples)
         ours, mean_len, model = run_ours(model_dir, data, args, work)
         flops = flops_per_token(model, mean_len)
@@ -274,8 +304,11 @@ def main() -> None:
     print(
         f"\nspeed-up of ours over plain TRL: {results['speedup']}x (max_length {args.max_length}, {results['device']})"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    out = results_path(args, "sft_throughput")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {out}")
+    return results
 
 
 if __name__ == "__main__":
