@@ -18,6 +18,12 @@ reasoning-gym rows are verified through core.verifier's registry too (`data_sour
 "gold" is the generator's JSON entry, which the package's own `score_answer` needs. The answer compared is the
 one `extract_answer` takes from a completion (the last \\boxed{} after </think>), exactly as for math rows;
 a score of 1.0 counts as correct (some generators give partial credit below that; it is not used).
+
+TRL's own reward library (`trl.rewards`, TRL 1.16) is used where it computes the same thing: `overlong` is
+TRL's `get_soft_overlong_punishment` behind a thin adapter. `accuracy` and `format` are ours, because TRL's
+`accuracy_reward` / `reasoning_accuracy_reward` and `think_format_reward` score some traces differently;
+each docstring lists the differences and tests/test_grpo_rewards.py runs ours and TRL's side by side on them.
+TRL's other rewards (`get_repetition_penalty_reward`, `get_cosine_scaled_reward`) have no counterpart here.
 """
 
 from __future__ import annotations
@@ -67,7 +73,29 @@ def accuracy(
     wrong: float = 0.0,
     **columns: Any,
 ) -> list[float | None]:
-    """`correct` / `wrong` by the verifier of each row's data_source (math by default); None when it cannot judge."""
+    """`correct` / `wrong` by the verifier of each row's data_source (math by default); None when it cannot judge.
+
+    Not TRL's `accuracy_reward` nor `reasoning_accuracy_reward` (math-verify on a `solution` column): the
+    answer judged is the one core.verifier.extract_answer reads, as reject_sampling and the benchmarks judge
+    it, so GRPO optimises the verdict the pipeline reports. Where they differ (tests/test_grpo_rewards.py):
+    - a box inside the reasoning: `accuracy_reward` gives math-verify the whole completion, whose pick (the
+      rightmost, widest boxed match) can take in several boxes: `<think>maybe \\boxed{18}</think> \\boxed{19}`
+      parses as the set {18, 19}, wrong for gold 19 (across lines it parses as 19). Ours reads only the
+      text after `</think>`.
+    - several boxes after `</think>`: ours judges the last (the final answer); TRL's read
+      `\\boxed{18} no, \\boxed{19}` as {18, 19}, wrong whichever of the two is the gold.
+    - no box: ours falls back to the last number after `</think>` ("The answer is 19."); TRL's score 0.
+    - unclosed reasoning (`<think>... \\boxed{19}`, a truncated trace): wrong here and in
+      `reasoning_accuracy_reward`; `accuracy_reward` credits the box inside the unfinished reasoning.
+    - no think tags at all: judged on the whole text here and in `accuracy_reward`;
+      `reasoning_accuracy_reward` scores 0 ("incomplete reasoning").
+    - a comparison that runs out of time is None here (skipped; core.verifier's limit, in any thread);
+      TRL's count it wrong (math-verify's `verify` returns False on its SIGALRM time-out) and set no
+      limit at all off the main thread.
+    - rows carry a `data_source` (reasoning-gym rows use the package's scorer), `correct` / `wrong` scale
+      the verdict (RLinf's +5 / -5), and the R1 prefill is joined back. TRL's read `completion[0]["content"]`:
+      conversational completions only, while the stage's are plain strings.
+    """
     texts = traces(completions, prefill)
     verdicts = verify_batch(texts, list(answer), list(data_source) if data_source is not None else None)
     return [None if v is None else (correct if v else wrong) for v in verdicts]
@@ -80,7 +108,22 @@ def format_reward(
     require_think: bool = True,
     **columns: Any,
 ) -> list[float | None]:
-    """1 for closed reasoning and exactly one \\boxed{} answer after it, else 0."""
+    """1 for closed reasoning and exactly one \\boxed{} answer after it, else 0 (core.verifier.format_ok on
+    the whole trace; `require_think=False` also accepts a trace without any think tags).
+
+    Not TRL's `think_format_reward`, which is 1 when the completion matches
+    `^<think>(?!.*<think>)(.*?)</think>.*$` and checks no answer. Ours is about the answer the accuracy
+    reward reads: it splits the trace as extract_answer does (first `<think>`, last `</think>`) and wants
+    exactly one box in what follows. Where they differ (tests/test_grpo_rewards.py):
+    - the answer: TRL's is 1 with no box, two boxes, the box only inside the reasoning, or a `</think>`
+      after the box (the answer region after the last `</think>` is then empty); ours 0.
+    - the opening tag: TRL's wants `<think>` at character 0 of what it is given, so it scores 0 on an R1
+      completion as generated (its `<think>\n` is in the prompt; hence the prefill joined back here) and
+      on leading whitespace. Ours accepts those, and a trace that only closes (`...</think> \\boxed{19}`).
+    - repeated tags: TRL's is 0 when a second `<think>` appears anywhere (nested, two blocks, a stray one
+      after the answer); ours does not look at them, as extract_answer does not.
+    - plain-string completions (what the stage hands over) are a TypeError for TRL's.
+    """
     return [float(format_ok(t, require_think)) for t in traces(completions, prefill)]
 
 
@@ -92,13 +135,19 @@ def overlong_penalty(
     overlong_buffer: int,
     **columns: Any,
 ) -> list[float | None]:
-    """DAPO's soft overlong punishment: 0 up to max - buffer tokens, then falling linearly to -1 at max
-    (a completion cut at max_completion_length gets -1)."""
-    start = max_completion_length - overlong_buffer
-    return [
-        0.0 if len(ids) <= start else max(-1.0, (start - len(ids)) / overlong_buffer)
-        for ids in completion_ids
-    ]
+    """DAPO's soft overlong punishment (Eq. 13): 0 up to max - buffer tokens, then falling linearly to -1 at
+    max (a completion cut at max_completion_length gets -1).
+
+    TRL's `get_soft_overlong_punishment(max_completion_len, soft_punish_cache)` under our config's names. It
+    returns the same floats as the formula it replaced (`0 if n <= start else max(-1, (start - n) / buffer)`):
+    tests/test_grpo_rewards.py checks every length 0 .. max + 4 for every buffer 1 .. max (the config's
+    bounds) at max 1 .. 40, and at max 1024 and 27648 for buffers 1, 16, 256, 4096 and max. Lengths are the generated tokens TRL
+    hands over (`completion_ids`), so the prefill, part of the prompt, is not counted: max_completion_length
+    bounds what is generated. The callable is built per call (it only holds the two numbers); trl is
+    imported here, not at module load, so grpo.data (which imports this module) stays light."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    return get_soft_overlong_punishment(max_completion_length, overlong_buffer)(completion_ids=completion_ids)
 
 
 def build_reward_functions(
