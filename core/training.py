@@ -1,5 +1,23 @@
 """What the training stages (SFT, reward model, GRPO) share: device and precision choices, model loading
-with the long-context and quantisation options, checkpoints, loss summaries, saving for serving."""
+with the long-context and quantisation options, checkpoints, loss summaries, saving for serving, and the
+TRL config each stage trains with (`trl_args`).
+
+Why a mapping and not subclassing. Each training stage hands one section of its config (`sft`, `rm`,
+`grpo`) to TRL's SFTConfig / RewardConfig / GRPOConfig as keyword arguments, unchanged; what the project
+adds (data handling, model-load choices, the rewards registry, the early stop) stays in typed dataclass
+fields. open-r1 instead subclasses TRL's configs (class GRPOConfig(trl.GRPOConfig)) and parses them with
+TrlParser. Here that would cost three things: Hydra's name and type checks for everything the project
+adds (TrlParser is argparse; Hydra cannot take TRL's union types such as `dict | str | None` or its enums
+as a schema); composing a config, which the pipeline does for every step before anything runs, would
+import torch and trl (~7 s) instead of 0.6 s for all six stages; and every TRL release would change our
+schema. As a mapping, TRL's arguments are validated by TRL itself, in one place (`trl_args`): a name TRL
+does not have fails with the closest names it has, a value against TRL's annotation fails naming the key,
+and TRL's own `__post_init__` checks (with the launched world size) reach the user in TRL's words,
+prefixed with the section. The stage validates its section at its door, before any model loads, and the
+pipeline validates every training step's section with that step's process count when it composes the
+run. The sections accept any key at compose time (they are opened in the schema, see
+train_sft/config.py): Hydra could only check a key against the keys a preset happens to list, and TRL's
+own field list is the one that decides."""
 
 from __future__ import annotations
 
@@ -9,12 +27,13 @@ import logging
 import os
 import resource
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.config import world_size  # noqa: F401  (re-exported: the stages import it from here)
+from core.config import world_size  # also re-exported: the stages import it from here
 
 log = logging.getLogger(__name__)
 
@@ -269,3 +288,172 @@ def finish_training_stage(
 def remove_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------------------------------ TRL arguments
+
+
+# What trl_args sets for every stage, and what a user who sets it in a TRL section is told instead.
+_FIXED_FOR_EVERY_STAGE = {
+    "output_dir": "use the stage's output_dir (TRL's checkpoints go to <output_dir>/checkpoints)",
+    "ddp_find_unused_parameters": "the stage sets it: False with several processes, else None",
+}
+
+
+class TrlArgsError(ValueError):
+    """A stage's TRL section that TRL cannot take: the message names the section's key and the TRL class."""
+
+
+def trl_args(
+    config_cls: type | str,
+    mapping: Mapping[str, Any],
+    *,
+    where: str,
+    output_dir: str | Path,
+    fixed: Mapping[str, tuple[Any, str]],
+    defaults: Mapping[str, Any] | None = None,
+    processes: int | None = None,
+) -> Any:
+    """`config_cls(**arguments)`: TRL's SFTConfig / RewardConfig / GRPOConfig (a class or its name in `trl`)
+    from a stage's TRL section `mapping`, the section `where` names (`train_sft.sft`), with what the project
+    fixes set once for the three stages. See the module docstring for why the section is a mapping.
+
+    - `fixed` {name: (value, what to set instead)}: arguments the stage decides (`use_cpu`, the reward
+      weights, vLLM's colocate mode...); a key of `mapping` among them is refused with that hint. Fixed here
+      for every stage: `output_dir` (<output_dir>/checkpoints) and `ddp_find_unused_parameters` (False with
+      several processes: every parameter gets a gradient, and DDP's unused-parameter search costs a pass).
+    - `defaults`: the stage's choices for keys `mapping` does not give (it wins where it does).
+    - Project meanings of TRL keys: `bf16: null` (or absent) = on where the GPU supports it (off with `fp16`
+      or on the CPU); `use_liger_kernel: true` = only if liger-kernel is installed; `report_to` drops
+      `none`; `data_seed` follows `seed` unless given. The tensorboard files go to <output_dir>/logs (the
+      TENSORBOARD_LOGGING_DIR of this process), beside the outputs, not in checkpoints/ (a finished run
+      deletes it).
+    - A key that is not an argument of `config_cls` fails with the closest valid names (difflib); a value of
+      the wrong type for TRL's annotation (`learning_rate: abc`) fails naming the key; a ValueError of TRL's
+      own `__post_init__` checks comes through prefixed with the section.
+
+    `processes=None` builds the config the stage trains with, in the launched process (accelerate has set
+    WORLD_SIZE; building it sets up torch.distributed). `processes=N` only validates, in any process: TRL's
+    `__post_init__` runs with `world_size` = N, the number of processes the stage is (or will be) launched
+    with, which is what its batch arithmetic (GRPO: the generation batch a multiple of num_generations) must
+    hold for, not the parent's world size. That build touches no device and no process group: the device
+    setup of TrainingArguments is replaced by "CPU, not distributed" (it would otherwise pick cuda:0 and
+    create a CUDA context in the pipeline's parent process), so `use_cpu` is True on the object returned,
+    `bf16` is not resolved (False unless set), `tf32` (which queries the GPU) is left out and DeepSpeed's
+    environment is not read; the checks that need the device run when the stage builds its real config,
+    before the model loads. Everything else on the returned object is what the stage will train with.
+    """
+    import dataclasses
+    import difflib
+
+    import trl
+
+    cls = getattr(trl, config_cls) if isinstance(config_cls, str) else config_cls
+    name = f"trl.{cls.__name__}"
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    user = dict(mapping)
+    unknown = [key for key in user if key not in fields]
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"see {name}'s arguments"
+            lines.append(f"{where}.{key}: not an argument of {name} (TRL {trl.__version__}); {hint}")
+        raise TrlArgsError("\n".join(lines))
+    why = {**{k: hint for k, (_, hint) in fixed.items()}, **_FIXED_FOR_EVERY_STAGE}
+    if clashes := [key for key in user if key in why]:
+        raise TrlArgsError(
+            "\n".join(f"{where}.{key}: set by the stage, not in this section; {why[key]}" for key in clashes)
+        )
+    _check_types(cls, user, where, name)
+    n = processes if processes is not None else world_size()
+    kwargs: dict[str, Any] = {**(defaults or {}), **user, **{k: value for k, (value, _) in fixed.items()}}
+    kwargs["output_dir"] = str(Path(output_dir) / "checkpoints")
+    kwargs["ddp_find_unused_parameters"] = False if n > 1 else None
+    report_to = kwargs.get("report_to", [])
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    kwargs["report_to"] = [r for r in report_to if r != "none"]
+    kwargs.setdefault("data_seed", kwargs.get("seed"))
+    if kwargs.get("use_liger_kernel"):
+        kwargs["use_liger_kernel"] = resolve_liger(True)
+    if processes is None:
+        if kwargs.get("bf16") is None:
+            kwargs["bf16"] = not kwargs.get("fp16") and resolve_bf16(None, bool(kwargs.get("use_cpu")))
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / "logs")
+        build, context = cls, contextlib.nullcontext()
+    else:
+        if kwargs.get("bf16") is None:
+            kwargs["bf16"] = False
+        kwargs["use_cpu"] = True
+        kwargs.pop("tf32", None)
+        build, context = _launched_as(cls, processes), _without_env("ACCELERATE_USE_DEEPSPEED")
+    try:
+        with context:
+            return build(**kwargs)
+    except (ValueError, TypeError) as e:
+        launched = f" with {n} process{'es' if n > 1 else ''}" if processes is not None else ""
+        raise TrlArgsError(f"{where}: {name} refused its arguments{launched}: {e}") from e
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str, name: str) -> None:
+    """What Hydra checked when the section was a dataclass: each value against TRL's annotation, where that
+    annotation is built of plain types (bool, int, float, str, None, list, dict); anything else (an enum or
+    a TRL class among the union) passes, for TRL to judge."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    plain = {bool, int, float, str, type(None), list, dict}
+    for key, value in values.items():
+        hint = hints.get(key)
+        members = (
+            typing.get_args(hint)
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+            else (hint,)
+        )
+        kinds = [typing.get_origin(m) or m for m in members]
+        if not all(k in plain for k in kinds) or _fits(value, kinds):
+            continue
+        wanted = " | ".join(getattr(k, "__name__", str(k)) for k in kinds)
+        raise TrlArgsError(f"{where}.{key}={value!r}: {name}.{key} takes {wanted}")
+
+
+def _fits(value: Any, kinds: list[type]) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds
+    if isinstance(value, list | tuple):
+        return list in kinds
+    return any(isinstance(value, k) for k in kinds)
+
+
+def _launched_as(cls: type, processes: int) -> type:
+    """`cls` whose `world_size` is `processes` and whose device setup is "CPU, one process, no process
+    group": TrainingArguments' own (`_setup_devices`) would create accelerate's PartialState, pick and set a
+    CUDA device, and under a launcher join the process group."""
+    import functools
+
+    def _setup_devices(self: Any) -> Any:
+        self._n_gpu = 0
+        return torch.device("cpu")
+
+    attrs = {
+        "world_size": property(lambda self: processes),
+        "distributed_state": None,
+        "_setup_devices": functools.cached_property(_setup_devices),
+        "__doc__": f"{cls.__name__} validated for {processes} launched process(es); not for training.",
+    }
+    return type(cls.__name__, (cls,), attrs)
+
+
+@contextlib.contextmanager
+def _without_env(name: str) -> Any:
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
