@@ -131,28 +131,17 @@ def to_typed(cfg: DictConfig | T, schema: type[T]) -> T:
     return obj  # type: ignore[return-value]
 
 
-# Modules whose import registers a stage schema in Hydra's ConfigStore (see `compose`).
-STAGE_CONFIG_MODULES = (
-    "core.tiny_model",
-    "data_process.config",
-    "train_sft.config",
-    "reward_model.config",
-    "reject_sampling.config",
-    "grpo.config",
-)
-
-
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/<config_name>.yaml with overrides exactly as `python -m <stage>` would, without running
     it: what tests, benchmarks and the pipeline use to build a stage's config in-process."""
-    import importlib
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    for module in STAGE_CONFIG_MODULES:
-        importlib.import_module(module)
+    from core.stages import STAGES
+
+    for stage in STAGES.values():
+        stage.load_schema()  # its module registers it in Hydra's ConfigStore
     if GlobalHydra.instance().is_initialized():
         # Inside a Hydra app (the pipeline's __main__), whose search path is this same conf/ directory.
         return hydra_compose(config_name=config_name, overrides=overrides or [])

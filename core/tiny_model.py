@@ -25,7 +25,6 @@ from core.chat import THINK_CLOSE, THINK_OPEN, record_to_messages, user_content
 from core.config import (
     MATH_INSTRUCTION_SUFFIX,
     help_field,
-    hydra_entry,
     register_schema,
 )
 from core.lifecycle import StageRun
@@ -191,4 +190,6 @@ def run(cfg: TinyModelStageConfig) -> Manifest:
 
 
 if __name__ == "__main__":
-    hydra_entry("tiny_model", TinyModelStageConfig, run)
+    from core.stages import main
+
+    main("tiny_model")

@@ -1,8 +1,6 @@
 """`python -m grpo [overrides]` (or `accelerate launch -m grpo ...`): see conf/grpo.yaml."""
 
-from core.config import hydra_entry
-from grpo.config import GRPOStageConfig
-from grpo.stage import run
+from core.stages import main
 
 if __name__ == "__main__":
-    hydra_entry("grpo", GRPOStageConfig, run)
+    main("grpo")

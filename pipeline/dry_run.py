@@ -22,8 +22,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.config import CONF_DIR, write_resolved_config
+from core.stages import stage as registered
 from pipeline.config import PipelineConfig
-from pipeline.run import TRAINING_STAGES, Step
+from pipeline.run import Step, launched
 
 PLAN_DIR = "plan"
 
@@ -54,7 +55,7 @@ def accelerate_processes(path: str) -> int:
 
 
 def processes(cfg: PipelineConfig, stage: str) -> int:
-    if cfg.launcher == "accelerate" and stage in TRAINING_STAGES:
+    if launched(cfg, registered(stage)):
         return accelerate_processes(str(cfg.accelerate_config))
     return 1
 

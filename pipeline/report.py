@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from core.artifacts import read_manifest
+from core.layout import RunLayout
 from pipeline.config import PUBLISHED
 
 ACCURACY_KEYS = ("pass@1", "greedy_accuracy", "best_of_n_rm")
@@ -153,7 +154,7 @@ def collect(run_dir: Path, published_as: str | None = None) -> dict[str, Any]:
 
     evals, rates = {}, {}
     for d in sorted((run_dir / "eval").glob("*")):
-        if m := metrics(f"eval/{d.name}"):
+        if m := metrics(RunLayout.eval_step(d.name)):
             rates[d.name] = pass_rates(d)
             evals[d.name] = with_stderr(m, rates[d.name])
     benchmarks: dict[str, dict[str, Any]] = {}
@@ -164,12 +165,12 @@ def collect(run_dir: Path, published_as: str | None = None) -> dict[str, Any]:
         else sorted((run_dir / "bench").glob("*/*"))
     )
     for d in bench_dirs:
-        if m := metrics(f"bench/{d.parent.name}/{d.name}"):
+        if m := metrics(RunLayout.bench_step(d.parent.name, d.name)):
             benchmarks.setdefault(d.parent.name, {})[d.name] = with_stderr(m, pass_rates(d))
     rounds = {}
     for k in _rounds(run_dir):
         stages = ("sft", "sft_control", "reward_model", "reject_sampling", "grpo")
-        found = {name: m for name in stages if (m := metrics(f"round_{k}/{name}")) is not None}
+        found = {name: m for name in stages if (m := metrics(RunLayout.round_step(k, name))) is not None}
         if found:
             rounds[k] = found
     if published_as is None and timing:

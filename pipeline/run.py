@@ -46,27 +46,17 @@ from typing import Any
 from core.artifacts import write_json_atomic
 from core.config import compose, to_typed
 from core.launch import run_stage_process
+from core.layout import RunLayout
+from core.stages import Stage, stage
 from pipeline.config import PipelineConfig, cli_entries
 
 log = logging.getLogger(__name__)
-
-# config name -> (function run in the child process, its config schema)
-STAGES = {
-    "tiny_model": ("core.tiny_model:run", "core.tiny_model:TinyModelStageConfig"),
-    "data_process": ("data_process.stage:run", "data_process.config:DataProcessConfig"),
-    "train_sft": ("train_sft.stage:run", "train_sft.config:SFTStageConfig"),
-    "reward_model": ("reward_model.stage:run", "reward_model.config:RMStageConfig"),
-    "reject_sampling": ("reject_sampling.stage:run", "reject_sampling.config:RejectSamplingConfig"),
-    "grpo": ("grpo.stage:run", "grpo.config:GRPOStageConfig"),
-    "evaluate": ("reject_sampling.evaluate:run", "reject_sampling.config:EvaluateConfig"),
-}
-TRAINING_STAGES = {"train_sft", "reward_model", "grpo"}
 
 
 @dataclass
 class Step:
     name: str  # where it shows up: "round_1/sft_control"
-    stage: str  # a key of STAGES (= its conf/<stage>.yaml)
+    stage: str  # a name in core.stages.STAGES (= its conf/<stage>.yaml)
     overrides: list[str]
     cfg: Any = field(default=None, repr=False)
     pair: str | None = None  # adjacent steps with the same pair are independent: they may run side by side
@@ -132,21 +122,22 @@ def stage_overrides(cfg: PipelineConfig, section: str) -> list[str]:
     return out
 
 
-def sft_data(run_dir: str, round: int, mix_original: float) -> str:
-    sources = [f"{{path:{run_dir}/round_{round - 1}/reject_sampling,weight:1.0}}"]
+def sft_data(layout: RunLayout, round: int, mix_original: float) -> str:
+    sources = [f"{{path:{layout.round_dir(round - 1, 'reject_sampling')},weight:1.0}}"]
     if mix_original > 0:
-        sources.insert(0, f"{{path:{run_dir}/data,weight:{mix_original}}}")
+        sources.insert(0, f"{{path:{layout.data},weight:{mix_original}}}")
     return "data=[" + ",".join(sources) + "]"
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
-    """Every stage of the run, in order, with its overrides (nothing is composed or run here)."""
+    """Every stage of the run, in order, with its overrides (nothing is composed or run here). A step's name
+    is its directory under the run (core/layout.py)."""
     run = [f"run_name={cfg.run_name}", f"run_dir={cfg.run_dir}"]
+    at = RunLayout(cfg.run_dir)
 
     def user(section: str) -> list[str]:
         return [*run, *stage_overrides(cfg, section)]
 
-    rd = cfg.run_dir
     steps: list[Step] = []
     if cfg.build_tiny_model:
         steps.append(Step("tiny_model", "tiny_model", list(run)))
@@ -159,70 +150,68 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     def evaluate(name: str, model_dir: str, rm_round: int | None) -> Step:
         over = [*user("evaluate"), f"name={name}", f"model.name={name}", f"model.path={model_dir}"]
         if rm_round is not None:
-            over += ["use_reward_model=true", f"reward_model.path={rd}/round_{rm_round}/reward_model/model"]
-        return Step(f"eval/{name}", "evaluate", over)
+            over += ["use_reward_model=true", f"reward_model.path={at.model(rm_round, 'reward_model')}"]
+        return Step(at.eval_step(name), "evaluate", over)
 
     for k in range(cfg.rounds):
         sft = [*user("train_sft"), f"round={k}"]
         evals: list[Step] = []
         rm_round = k if cfg.use_reward_model else None
         if k == 0:
-            steps.append(Step("round_0/sft", "train_sft", [*sft, *base_model]))
+            steps.append(Step(at.round_step(0, "sft"), "train_sft", [*sft, *base_model]))
         else:
-            more = [f"model.path={rd}/round_{k - 1}/sft/model", f"sft.max_steps={cfg.next_round_steps}"]
+            more = [f"model.path={at.model(k - 1)}", f"sft.max_steps={cfg.next_round_steps}"]
             if cfg.next_round_learning_rate is not None:
                 more.append(f"sft.learning_rate={cfg.next_round_learning_rate}")
             steps.append(
-                Step(f"round_{k}/sft", "train_sft", [*sft, *more, sft_data(rd, k, cfg.mix_original)])
+                Step(at.round_step(k, "sft"), "train_sft", [*sft, *more, sft_data(at, k, cfg.mix_original)])
             )
             if cfg.control:
                 control = [
                     *sft,
                     *more,
-                    f"output_dir={rd}/round_{k}/sft_control",
-                    f"data=[{{path:{rd}/data}}]",
+                    f"output_dir={at.round_dir(k, 'sft_control')}",
+                    f"data=[{{path:{at.data}}}]",
                 ]
-                steps.append(Step(f"round_{k}/sft_control", "train_sft", control))
-                evals.append(evaluate(f"round_{k}_control", f"{rd}/round_{k}/sft_control/model", rm_round))
-                steps[-2].pair = steps[-1].pair = f"round_{k}/sft"
-        evals.insert(0, evaluate(f"round_{k}_sft", f"{rd}/round_{k}/sft/model", rm_round))
+                steps.append(Step(at.round_step(k, "sft_control"), "train_sft", control))
+                evals.append(evaluate(f"round_{k}_control", at.model(k, "sft_control"), rm_round))
+                steps[-2].pair = steps[-1].pair = at.round_step(k, "sft")
+        evals.insert(0, evaluate(f"round_{k}_sft", at.model(k), rm_round))
         if len(evals) == 2:
             evals[0].pair = evals[1].pair = f"eval/round_{k}"
         if cfg.use_reward_model:
             rm = [*user("reward_model"), f"round={k}"]
             if k > 0:
                 # The original pairs plus the previous round's on-policy ones (a weak policy yields few).
-                rm.append(f"extra_pairs=[{rd}/round_{k - 1}/reject_sampling]")
-            steps.append(Step(f"round_{k}/reward_model", "reward_model", rm))
+                rm.append(f"extra_pairs=[{at.round_dir(k - 1, 'reject_sampling')}]")
+            steps.append(Step(at.round_step(k, "reward_model"), "reward_model", rm))
         steps += evals
         if k == cfg.rounds - 1 and not cfg.last_round_sampling:
             continue
         rs = [*user("reject_sampling"), f"round={k}"]
         if not cfg.use_reward_model:
             rs += ["use_reward_model=false", "selection.policy=verified"]
-        steps.append(Step(f"round_{k}/reject_sampling", "reject_sampling", rs))
+        steps.append(Step(at.round_step(k, "reject_sampling"), "reject_sampling", rs))
     if cfg.run_grpo:
         # GRPO belongs to the last round: it starts from that round's SFT model (its config's default).
         last = cfg.rounds - 1
-        steps.append(Step(f"round_{last}/grpo", "grpo", [*user("grpo"), f"round={last}"]))
-        steps.append(
-            evaluate("grpo", f"{rd}/round_{last}/grpo/model", last if cfg.use_reward_model else None)
-        )
+        steps.append(Step(at.round_step(last, "grpo"), "grpo", [*user("grpo"), f"round={last}"]))
+        steps.append(evaluate("grpo", at.model(last, "grpo"), last if cfg.use_reward_model else None))
     return steps + benchmark_steps(cfg, run)
 
 
 def benchmarked_models(cfg: PipelineConfig) -> dict[str, str]:
     """The models `eval_benchmarks` evaluates, by the name the report shows: the base model (with
     `benchmark_base_model`), round 0's SFT model, the last round's (when it is another) and GRPO's."""
-    rd, last = cfg.run_dir, cfg.rounds - 1
+    at, last = RunLayout(cfg.run_dir), cfg.rounds - 1
     models = {}
     if cfg.benchmark_base_model:
-        models["base"] = cfg.model_path or f"{rd}/tiny_model/policy"
-    models["round_0_sft"] = f"{rd}/round_0/sft/model"
+        models["base"] = cfg.model_path or at.tiny_policy
+    models["round_0_sft"] = at.model(0)
     if last > 0:
-        models[f"round_{last}_sft"] = f"{rd}/round_{last}/sft/model"
+        models[f"round_{last}_sft"] = at.model(last)
     if cfg.run_grpo:
-        models["grpo"] = f"{rd}/round_{last}/grpo/model"
+        models["grpo"] = at.model(last, "grpo")
     return models
 
 
@@ -233,8 +222,8 @@ def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
 
     Each is `python -m reject_sampling.evaluate benchmark=<name>` with `common` and the `benchmarks`
     section (not `evaluate`'s: the held-out prompt cap or the offline 64-token limit is not the benchmark's
-    protocol), writing to `<run_dir>/bench/<model>/<benchmark>`, so that a step's name is its directory
-    like every other step's."""
+    protocol)."""
+    at = RunLayout(cfg.run_dir)
     out = []
     for model, path in benchmarked_models(cfg).items():
         for bench in cfg.eval_benchmarks:
@@ -245,29 +234,26 @@ def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
                 f"name={model}_{bench}",
                 f"model.name={model}",
                 f"model.path={path}",
-                f"output_dir={cfg.run_dir}/bench/{model}/{bench}",
+                f"output_dir={at.bench_dir(model, bench)}",
             ]
-            out.append(Step(f"bench/{model}/{bench}", "evaluate", over))
+            out.append(Step(at.bench_step(model, bench), "evaluate", over))
     return out
 
 
 def compose_all(steps: list[Step]) -> None:
     """Compose and type every stage's config up front: a typo or a bad value fails before any work."""
     for step in steps:
-        _, schema = STAGES[step.stage]
-        module, _, name = schema.partition(":")
-        schema_cls = getattr(__import__(module, fromlist=[name]), name)
         try:
-            step.cfg = to_typed(compose(step.stage, step.overrides), schema_cls)
+            step.cfg = to_typed(compose(step.stage, step.overrides), stage(step.stage).load_schema())
         except Exception as e:
             raise ValueError(
                 f"pipeline step {step.name}: conf/{step.stage}.yaml {step.overrides}: {e}"
             ) from e
 
 
-def step_log(run_dir: str | Path, step_name: str) -> Path:
-    """Where a step's output is kept: `runs/<run>/logs/pipeline/round_1.sft.log` for step round_1/sft."""
-    return Path(run_dir) / "logs" / "pipeline" / f"{step_name.replace('/', '.')}.log"
+def launched(cfg: PipelineConfig, s: Stage) -> bool:
+    """Whether a step is started through `accelerate launch` (a training stage, `launcher=accelerate`)."""
+    return cfg.launcher == "accelerate" and s.training
 
 
 def batches(steps: list[Step], side_by_side: bool) -> list[list[int]]:
@@ -309,17 +295,14 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
     def launch(step: Step, tee: bool, env: dict[str, str] | None = None) -> float:
         t0 = time.time()
-        target, schema = STAGES[step.stage]
-        accelerate = (
-            cfg.accelerate_config if cfg.launcher == "accelerate" and step.stage in TRAINING_STAGES else None
-        )
+        s = stage(step.stage)
         run_stage_process(
-            target,
-            schema,
+            s.run,
+            s.schema,
             step.cfg,
-            log_file=step_log(run_dir, step.name),
+            log_file=RunLayout(cfg.run_dir).step_log(step.name),
             tee=tee,
-            accelerate_config=accelerate,
+            accelerate_config=cfg.accelerate_config if launched(cfg, s) else None,
             env=env,
         )
         return time.time() - t0
@@ -344,7 +327,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             # Side by side, each with its share of the cores; their output goes to their logs only.
             threads = str(max(1, cores // len(group)))
             print(
-                f"side by side, {threads} thread(s) each; logs: {[str(step_log(run_dir, s.name)) for s in group]}",
+                f"side by side, {threads} thread(s) each; logs: {[RunLayout(cfg.run_dir).step_log(s.name) for s in group]}",
                 flush=True,
             )
             with ThreadPoolExecutor(len(group)) as pool:

@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from core.artifacts import describe_file, write_json_atomic
-from core.config import hydra_entry
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from reject_sampling.benchmarks import (
     Benchmark,
-    BenchmarkError,
-    expand_benchmark_overrides,
     load_benchmark,
     write_prompts,
 )
@@ -169,8 +165,6 @@ def run(cfg: EvaluateConfig) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = expand_benchmark_overrides(sys.argv[1:])  # benchmark=FILE.jsonl (see benchmarks.py)
-    except BenchmarkError as e:
-        raise SystemExit(f"error: {e}") from None
-    hydra_entry("evaluate", EvaluateConfig, run)
+    from core.stages import main
+
+    main("evaluate")  # with benchmark=FILE.jsonl rewritten first (see benchmarks.py)

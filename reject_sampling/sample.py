@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from core.artifacts import atomic_path, sha256_text, write_json_atomic
 from core.chat import ChatRenderer
-from core.config import hashed_view, hydra_entry
+from core.config import hashed_view
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
 from reject_sampling.backends import Completion, make_backend
@@ -300,4 +300,6 @@ def merge_shards(cfg: SampleConfig, prompts: list[Prompt] | None = None) -> Path
 
 
 if __name__ == "__main__":
-    hydra_entry("sample", SampleConfig, run)
+    from core.stages import main
+
+    main("sample")

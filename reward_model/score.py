@@ -25,7 +25,6 @@ import torch
 from tqdm.auto import tqdm
 
 from core.artifacts import atomic_path
-from core.config import hydra_entry
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
 from reward_model.config import ScoreConfig
@@ -121,4 +120,6 @@ def run(cfg: ScoreConfig) -> Path:
 
 
 if __name__ == "__main__":
-    hydra_entry("rm_score", ScoreConfig, run)
+    from core.stages import main
+
+    main("rm_score")

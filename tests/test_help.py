@@ -144,7 +144,7 @@ def test_render_help_imports_no_torch() -> None:
         "import sys\n"
         "from core import help as h\n"
         "for s in h.STAGES:\n"
-        "    assert 'Options' in h.render_help(s.config_name, h.load_schema(s), [])\n"
+        "    assert 'Options' in h.render_help(s.name, h.load_schema(s), [])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -154,16 +154,16 @@ def test_render_help_imports_no_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_stage_table_matches_the_hydra_entry_calls() -> None:
-    """core.help.STAGES lists exactly the modules that call hydra_entry, with their config names."""
+def test_stage_registry_matches_the_entry_modules() -> None:
+    """core.stages.STAGES lists exactly the modules whose `__main__` calls core.stages.main, by their names."""
     found = {}
     for path in ROOT.glob("*/**/*.py"):
         if ".venv" in path.parts or "tests" in path.parts:
             continue
-        for name in re.findall(r'^\s+hydra_entry\(\s*"(\w+)"', path.read_text(), re.M):
+        for name in re.findall(r'^\s+main\(\s*"(\w+)"', path.read_text(), re.M):
             parts = path.relative_to(ROOT).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__main__" else parts)] = name
-    assert found == {s.module: s.config_name for s in core_help.STAGES}
+    assert found == {s.module: s.name for s in core_help.STAGES}
 
 
 def test_help_overrides_drop_hydra_flags() -> None:
@@ -245,7 +245,7 @@ def test_stale_docs_notices_an_edited_a_missing_and_an_extra_file(tmp_path: Path
 
 @pytest.mark.parametrize("stage", core_help.STAGES, ids=lambda s: s.module)
 def test_markdown_has_a_row_per_option(stage: core_help.Stage) -> None:
-    page = core_help.stage_help(stage.config_name, core_help.load_schema(stage))
+    page = core_help.stage_help(stage.name, core_help.load_schema(stage))
     text = core_help.render_markdown(stage)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     header_rows = 2 if page.groups else 1

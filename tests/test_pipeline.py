@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 
 from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
+from core.layout import RunLayout
 from pipeline.config import SECTIONS, PipelineConfig, command_line_overrides
 from pipeline.report import collect
-from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan, step_log
+from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -597,7 +598,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert final["pass@1"] >= first["pass@1"] - 2 * se - 1e-9
 
     # Every step's log (side-by-side steps write only there) says it skipped, the second time only.
-    logs = {s["name"]: step_log(tmp_path, s["name"]) for s in status["steps"]}
+    logs = {s["name"]: Path(RunLayout(str(tmp_path)).step_log(s["name"])) for s in status["steps"]}
     assert not [name for name, log in logs.items() if "skipping" in log.read_text()]
     again = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

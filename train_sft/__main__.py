@@ -1,8 +1,6 @@
 """`python -m train_sft [overrides]` (or `accelerate launch -m train_sft ...`): see conf/train_sft.yaml."""
 
-from core.config import hydra_entry
-from train_sft.config import SFTStageConfig
-from train_sft.stage import run
+from core.stages import main
 
 if __name__ == "__main__":
-    hydra_entry("train_sft", SFTStageConfig, run)
+    main("train_sft")
