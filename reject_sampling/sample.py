@@ -13,18 +13,24 @@ sample_idx. Decisions:
 - Prompts are checked (file, columns, empty questions, duplicate ids) before a model loads.
 - Shards are contiguous ranges of prompts, so shard k's file is rows [k·N/S, (k+1)·N/S) of the prompt set
   and merging is concatenation in shard order, checked against the prompt set.
-- Work is done in chunks of `chunk_prompts` prompts, each written atomically to `<output>.parts/` beside a
-  `plan.json` fingerprint (prompts, sampling settings, model); killed and started again, finished chunks
-  are skipped, and parts from different settings are refused rather than mixed. The parts are merged into
-  the output at the end and removed. Seeds: see reject_sampling/backends.py.
+- Work is done in chunks of `chunk_prompts` prompts, each written atomically to `<output>.parts/` under a
+  fingerprint of what the samples are made from (the prompts with their answers, the hashed config:
+  model settings, adapter, sampling; the model's, adapter's and tokenizer's file identities), with
+  core.chunks. Killed and started again with the same fingerprint, finished chunks are skipped; with
+  another one (other prompts, settings or model weights), the old parts are removed and sampling starts
+  over, the log naming what changed. The parts are merged into the output at the end and removed.
+- A finished output is kept only when the fingerprint it records matches (a rerun with another model
+  samples again instead of keeping the first model's file). The merge of shards refuses a shard sampled
+  from other prompts or settings; it does not compare model file identities, which differ between
+  machines that each hold their own copy of the model (the model path and name are in the settings).
+  Seeds: see reject_sampling/backends.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +39,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from core.artifacts import atomic_path, sha256_text, write_json_atomic
+from core.artifacts import sha256_text
 from core.chat import ChatRenderer
+from core.chunks import (
+    ChunkedOutput,
+    canonical,
+    describe_keys,
+    differing_keys,
+    model_identity,
+    read_fingerprint,
+    reusable,
+    write_parquet,
+)
 from core.config import hashed_view
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
@@ -108,35 +124,44 @@ def check_samples(table: pa.Table, ids: list[str], n: int, where: str) -> None:
         raise SampleError(f"{where}: " + "; ".join(problems))
 
 
-def plan_fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]:
-    """What the parts of an interrupted run must have been made with, for a resume to continue them."""
+def prompts_identity(prompts: list[Prompt]) -> str:
+    """Content hash of the prompts as sampled: id, question and gold answer (the answer is an output column,
+    so a corrected gold answer is another input too)."""
+    return sha256_text(json.dumps([[p.id, p.prompt, p.answer] for p in prompts]))
+
+
+def settings_view(cfg: SampleConfig) -> dict[str, Any]:
+    """The hashed config (core.config.hashed_view): model settings (name = the `policy` column, chat
+    template and options, instruction suffix), adapter, sampling, shards. The prompt source is left out:
+    the prompts it yields are hashed instead, so moving the file changes nothing."""
+    view = hashed_view(cfg)
+    del view["prompts"]
+    return view
+
+
+def settings_fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    """The part of the fingerprint that travels between machines: the prompts and the settings."""
+    return {"input": prompts_identity(prompts), "config": settings_view(cfg)}
+
+
+def fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    """What this shard's samples are made from (core.chunks): its prompts, the settings, and the identities
+    of the model, adapter and tokenizer files, so replaced weights at the same path count as a change."""
     return {
-        "prompts": sha256_text(json.dumps([[p.id, p.prompt] for p in prompts])),
-        "n_prompts": len(prompts),
-        "chunk_prompts": cfg.chunk_prompts,
-        "sampling": hashed_view(cfg.sampling),
-        "model": cfg.model.path,
-        "adapter": cfg.adapter,
-        "instruction_suffix": cfg.model.instruction_suffix,
-        # What the prompts are rendered with: another template or its options is another prompt set.
-        "chat_template": cfg.model.chat_template,
-        "chat_template_kwargs": cfg.model.chat_template_kwargs,
+        **settings_fingerprint(cfg, prompts),
+        "model": model_identity(cfg.model.path),
+        "adapter": model_identity(cfg.adapter) if cfg.adapter else None,
+        "tokenizer": model_identity(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
     }
 
 
-def prepare_parts_dir(parts_dir: Path, plan: dict[str, Any], force: bool) -> None:
-    plan_file = parts_dir / "plan.json"
-    if force and parts_dir.exists():
-        shutil.rmtree(parts_dir)
-    if plan_file.exists():
-        if json.loads(plan_file.read_text()) != json.loads(json.dumps(plan)):
-            raise SampleError(
-                f"{parts_dir} holds parts of an interrupted run with other prompts or settings; "
-                f"delete it or pass force=true to start over"
-            )
-        return
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_file, plan)
+def merged_fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    """The merged file's: all prompts and the settings but the shard index. No model file identity: each
+    shard may be sampled on a machine with its own copy of the model (other mtimes, other paths); the
+    merge checks each shard's prompts and settings (`stale_shard`)."""
+    merged = settings_fingerprint(cfg, prompts)
+    del merged["config"]["shard_index"]
+    return merged
 
 
 def context_limit(cfg: SampleConfig, longest_prompt: int) -> int | None:
@@ -193,19 +218,15 @@ def show_samples(table: pa.Table, count: int) -> None:
         print(f"--- prompt\n{row['prompt']}\n--- completion\n{row['completion']}")
 
 
-def _write_final(parts: list[Path], output: Path, prompts: list[Prompt], n: int) -> pa.Table:
-    """Concatenate, check against the prompts, order by (prompt order, sample_idx), write atomically."""
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
-    check_samples(table, [p.id for p in prompts], n, str(output))
+def ordered_samples(table: pa.Table, prompts: list[Prompt], n: int, where: str) -> pa.Table:
+    """Check against the prompts (check_samples), then order by (prompt order, sample_idx)."""
+    check_samples(table, [p.id for p in prompts], n, where)
     position = {p.id: i for i, p in enumerate(prompts)}
     keys = [
         (position[i], k)
         for i, k in zip(table["id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True)
     ]
-    table = table.take(sorted(range(table.num_rows), key=keys.__getitem__))
-    with atomic_path(output) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return table
+    return table.take(sorted(range(table.num_rows), key=keys.__getitem__))
 
 
 def run(cfg: SampleConfig) -> Path:
@@ -219,12 +240,18 @@ def run(cfg: SampleConfig) -> Path:
     output = Path(cfg.output)
     if cfg.num_shards > 1:
         output = shard_output_path(output, cfg.shard_index, cfg.num_shards)
-    if output.exists() and not cfg.force:
-        log.info("%s exists: skipping (force=true samples again)", output)
-        return output
     require_model_dir(cfg.model.path, "policy model")
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").exists():
         raise FileNotFoundError(f"adapter {cfg.adapter}: no adapter_config.json there (a PEFT adapter dir)")
+    chunked = ChunkedOutput(
+        output, fingerprint(cfg, prompts), len(prompts), cfg.chunk_prompts, force=cfg.force, label="sample"
+    )
+    if chunked.reusable():
+        log.info(
+            "%s is finished for these prompts, settings and model: skipping (force=true samples again)",
+            output,
+        )
+        return output
     log.info(
         "sample: %d prompts (shard %d/%d: [%d, %d) of %d from %s), n=%d",
         len(prompts),
@@ -237,13 +264,7 @@ def run(cfg: SampleConfig) -> Path:
         cfg.sampling.n,
     )
 
-    parts_dir = output.with_name(output.name + ".parts")
-    prepare_parts_dir(parts_dir, plan_fingerprint(cfg, prompts), cfg.force)
-    n_chunks = math.ceil(len(prompts) / cfg.chunk_prompts)
-    parts = [parts_dir / f"part-{k:05d}.parquet" for k in range(n_chunks)]
-    todo = [k for k in range(n_chunks) if not parts[k].exists()]
-    if len(todo) < n_chunks:
-        log.info("resuming: %d of %d chunks already done in %s", n_chunks - len(todo), n_chunks, parts_dir)
+    todo = chunked.start()
     if todo:
         tokenizer = load_tokenizer(cfg.model)
         renderer = chat_renderer(cfg.model, tokenizer)
@@ -262,30 +283,48 @@ def run(cfg: SampleConfig) -> Path:
         policy = cfg.model.name or cfg.model.path
         started, tokens = time.time(), 0
         for k in tqdm(todo, desc="sample", unit="chunk", disable=not cfg.progress):
-            chunk = slice(k * cfg.chunk_prompts, (k + 1) * cfg.chunk_prompts)
-            completions = backend.generate(rendered[chunk], [p.id for p in prompts[chunk]])
-            table = samples_table(prompts[chunk], completions, policy, renderer.prefill)
+            first, last = chunked.bounds(k)
+            completions = backend.generate(rendered[first:last], [p.id for p in prompts[first:last]])
+            table = samples_table(prompts[first:last], completions, policy, renderer.prefill)
             tokens += sum(table.column("n_tokens").to_pylist())
-            with atomic_path(parts[k]) as tmp:
-                pq.write_table(table, tmp)
+            chunked.write(k, table)
         backend.close()
         seconds = time.time() - started
         log.info("sample: %d completion tokens in %.1f s (%.0f tokens/s)", tokens, seconds, tokens / seconds)
-    table = _write_final(parts, output, prompts, cfg.sampling.n)
-    shutil.rmtree(parts_dir)
+    table = chunked.merge(
+        SAMPLES_SCHEMA, finish=lambda t: ordered_samples(t, prompts, cfg.sampling.n, str(output))
+    )
     truncated = sum(r == "length" for r in table.column("finish_reason").to_pylist())
     log.info("sample: %d samples (%d cut at max_new_tokens) -> %s", table.num_rows, truncated, output)
     show_samples(table, cfg.show)
     return output
 
 
+def stale_shard(shard: Path, cfg: SampleConfig, prompts: list[Prompt]) -> str | None:
+    """Why shard file `shard` (of cfg.shard_index) cannot be merged for `cfg`, or None. Its recorded prompts
+    and settings must be this shard's; model file identities are not compared (see merged_fingerprint)."""
+    recorded = read_fingerprint(shard)
+    if recorded is None:
+        return f"{shard.name} records no fingerprint (not written by this sample.py)"
+    expected = canonical(settings_fingerprint(cfg, prompts))
+    changed = differing_keys({k: recorded.get(k) for k in expected}, expected)
+    if changed:
+        return f"{shard.name} was sampled from other prompts or settings ({describe_keys(changed)} differ)"
+    return None
+
+
 def merge_shards(cfg: SampleConfig, prompts: list[Prompt] | None = None) -> Path:
     """Concatenate the `num_shards` shard files into `output`, checking that every prompt of the prompt set
-    is there exactly once with exactly n samples. The shard files are kept."""
+    is there exactly once with exactly n samples, and that each shard was sampled from its prompts with
+    these settings. The shard files are kept."""
     prompts = load_prompts(cfg.prompts).prompts if prompts is None else prompts
     output = Path(cfg.output)
-    if output.exists() and not cfg.force:
-        log.info("%s exists: skipping the merge (force=true merges again)", output)
+    merged = merged_fingerprint(cfg, prompts)
+    if reusable(output, merged, cfg.force):
+        log.info(
+            "%s is merged for these prompts and settings: skipping the merge (force=true merges again)",
+            output,
+        )
         return output
     shards = [shard_output_path(output, k, cfg.num_shards) for k in range(cfg.num_shards)]
     missing = [k for k, path in enumerate(shards) if not path.exists()]
@@ -294,7 +333,17 @@ def merge_shards(cfg: SampleConfig, prompts: list[Prompt] | None = None) -> Path
             f"cannot merge into {output}: shard(s) {missing} of {cfg.num_shards} not finished "
             f"(no {shards[missing[0]].name}); run them with shard_index=<k> num_shards={cfg.num_shards}"
         )
-    table = _write_final(shards, output, prompts, cfg.sampling.n)
+    table = pa.concat_tables([pq.read_table(path) for path in shards])
+    table = ordered_samples(table, prompts, cfg.sampling.n, str(output))
+    for k, path in enumerate(shards):
+        start, stop = shard_bounds(len(prompts), cfg.num_shards, k)
+        problem = stale_shard(path, dataclasses.replace(cfg, shard_index=k), prompts[start:stop])
+        if problem is not None:
+            raise SampleError(
+                f"cannot merge into {output}: {problem}; sample it again with shard_index={k} "
+                f"num_shards={cfg.num_shards} force=true"
+            )
+    write_parquet(table, output, merged)
     log.info("merged %d shards: %d samples -> %s", cfg.num_shards, table.num_rows, output)
     return output
 

@@ -30,12 +30,11 @@ from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    clear_intermediates,
     describe_table,
     draw_samples,
-    restart_if_changed,
     sample_preview,
-    score_with_reward_model,
-    verify_samples,
+    verify_and_score,
     write_table,
 )
 from reject_sampling.select import acceptance, make_pairs, select, to_records
@@ -54,18 +53,14 @@ INTERMEDIATES = [
 
 
 def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFrame:
-    verified_path = out / "verified.parquet"
-    if not verified_path.exists():
-        verified = verify_samples(pd.read_parquet(samples_path), cfg.verifier, cfg.verifier_workers)
-        write_table(verified, verified_path)
-    if not cfg.use_reward_model:
-        scored = pd.read_parquet(verified_path).assign(rm_score=float("nan"))
-        write_table(scored, out / "scored.parquet")
-        return scored
-    return score_with_reward_model(
-        verified_path,
-        out / "scored.parquet",
-        cfg.reward_model,
+    """verified.parquet then scored.parquet, each kept when its recorded fingerprint matches
+    (reject_sampling.scoring.verify_and_score)."""
+    return verify_and_score(
+        samples_path,
+        out,
+        verifier=cfg.verifier,
+        verifier_workers=cfg.verifier_workers,
+        reward_model=cfg.reward_model if cfg.use_reward_model else None,
         # rm_threshold ranks samples without the verifier: every score counts.
         every_row=cfg.rm_score_all or cfg.selection.policy == "rm_threshold",
         max_length=cfg.rm_max_length,
@@ -83,7 +78,7 @@ def run(cfg: RejectSamplingConfig) -> Manifest:
     stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
     if (done := stage.begin()) is not None:
         return done
-    restart_if_changed(out, {"config": stage.config_hash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
+    clear_intermediates(out, INTERMEDIATES, force=cfg.force)  # each step keeps its file by fingerprint
 
     samples_path = draw_samples(cfg, cfg.sampling, out / "samples.parquet", log_file=out / "logs/sample.log")
     scored = score(cfg, out, samples_path)

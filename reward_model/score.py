@@ -6,8 +6,13 @@
 - Sequences are rendered and truncated exactly as in training (chat template, cut in the middle).
 - Rows are sorted by length and packed into batches of at most `batch_tokens` padded tokens, so little
   compute goes to padding; scores are written back in input order.
-- Work is done in chunks of `chunk_rows` rows, each written atomically to `<output>.parts/`; killed and
-  started again, finished chunks are skipped. The parts are merged into `output` at the end.
+- Work is done in chunks of `chunk_rows` rows, each written atomically to `<output>.parts/` under a
+  fingerprint (core.chunks): the input file's sha256, the hashed config (columns, max_length,
+  batch_tokens, model settings) and the reward model's file identity. Killed and started again with the
+  same fingerprint, finished chunks are skipped; with another input, config or model the old parts are
+  removed and scoring starts over (before, they were reused whatever model had made them, so a rerun
+  with another model mixed two models' scores). The parts are merged into `output` at the end, which
+  records the fingerprint; a rerun finding a finished output of the same fingerprint does nothing.
 - bf16 on a GPU, float32 on the CPU; meant to run in its own process (e.g. launched by reject_sampling).
 """
 
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from core.artifacts import atomic_path
+from core.artifacts import sha256_file
+from core.chunks import ChunkedOutput, model_identity
+from core.config import hashed_view
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
 from reward_model.config import ScoreConfig
@@ -82,40 +88,60 @@ def load_scorer(cfg: ScoreConfig) -> tuple[Any, Any, str]:
     return model, tokenizer, device
 
 
+def fingerprint(cfg: ScoreConfig, input_identity: str) -> dict[str, Any]:
+    """What the scores of `cfg` are made from: the input (`input_identity`, the input file's sha256), the
+    hashed config without the file paths (the input is identified by content, the output by its place),
+    and the identities of the reward model's (and tokenizer's) files: replaced weights at the same path
+    are another model."""
+    config = hashed_view(cfg)
+    del config["input"], config["output"]
+    del config["model"]["name"]  # a label in reports: renaming the reward model changes no score
+    return {
+        "input": input_identity,
+        "config": config,
+        "model": model_identity(cfg.model.path),
+        "tokenizer": model_identity(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
+    }
+
+
 def run(cfg: ScoreConfig) -> Path:
     source, output = Path(cfg.input), Path(cfg.output)
     if not source.exists():
         raise FileNotFoundError(f"input {source} does not exist")
-    names = pq.read_schema(source).names
-    missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in names]
+    schema = pq.read_schema(source)
+    missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in schema.names]
     if missing:
         raise ValueError(
-            f"{source}: missing column(s) {missing}; found {names} (set prompt_column / completion_column)"
+            f"{source}: missing column(s) {missing}; found {schema.names} (set prompt_column / completion_column)"
         )
-    model, tokenizer, device = load_scorer(cfg)
-    encoder = SequenceEncoder(
-        chat_renderer(cfg.model, tokenizer), cfg.max_length, "middle", 1, keep_tail_when_dropped=True
+    require_model_dir(cfg.model.path, "reward model")
+    chunked = ChunkedOutput(
+        output,
+        fingerprint(cfg, sha256_file(source)),
+        pq.read_metadata(source).num_rows,
+        cfg.chunk_rows,
+        label="rm_score",
     )
-    table = pq.read_table(source)
-    parts_dir = output.with_name(output.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    n_chunks = max(1, math.ceil(table.num_rows / cfg.chunk_rows))
-    for k in tqdm(range(n_chunks), desc="rm_score", unit="chunk", disable=not cfg.progress):
-        part = parts_dir / f"part-{k:05d}.parquet"
-        if part.exists():
-            continue  # finished by an earlier, interrupted run
-        chunk = table.slice(k * cfg.chunk_rows, cfg.chunk_rows)
-        ids, _ = encoder.encode(
-            chunk.column(cfg.prompt_column).to_pylist(), chunk.column(cfg.completion_column).to_pylist()
+    if chunked.reusable():
+        log.info("rm_score: %s is finished for this input, config and model: skipping", output)
+        return output
+    todo = chunked.start()
+    if todo:
+        model, tokenizer, device = load_scorer(cfg)
+        encoder = SequenceEncoder(
+            chat_renderer(cfg.model, tokenizer), cfg.max_length, "middle", 1, keep_tail_when_dropped=True
         )
-        scores = score_ids(model, ids, tokenizer.pad_token_id, cfg.batch_tokens, device)
-        with atomic_path(part) as tmp:
-            pq.write_table(chunk.append_column("rm_score", pa.array(scores, pa.float64())), tmp)
-    parts = [pq.read_table(parts_dir / f"part-{k:05d}.parquet") for k in range(n_chunks)]
-    with atomic_path(output) as tmp:
-        pq.write_table(pa.concat_tables(parts), tmp, compression="zstd")
-    shutil.rmtree(parts_dir)
-    log.info("rm_score: %d rows scored -> %s", table.num_rows, output)
+        table = pq.read_table(source)
+        for k in tqdm(todo, desc="rm_score", unit="chunk", disable=not cfg.progress):
+            start, stop = chunked.bounds(k)
+            chunk = table.slice(start, stop - start)
+            ids, _ = encoder.encode(
+                chunk.column(cfg.prompt_column).to_pylist(), chunk.column(cfg.completion_column).to_pylist()
+            )
+            scores = score_ids(model, ids, tokenizer.pad_token_id, cfg.batch_tokens, device)
+            chunked.write(k, chunk.append_column("rm_score", pa.array(scores, pa.float64())))
+    scored = chunked.merge(schema.append(pa.field("rm_score", pa.float64())))
+    log.info("rm_score: %d rows scored -> %s", scored.num_rows, output)
     return output
 
 

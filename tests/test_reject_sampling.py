@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from core import chunks
+from core.chunks import ChunkedOutput, ChunkError, differing_keys, read_fingerprint, reusable
 from core.config import compose, to_typed
 from reject_sampling.config import SelectionConfig
 from reject_sampling.metrics import (
@@ -267,6 +272,126 @@ def test_restart_if_changed_removes_intermediates_unless_the_same_run_left_them(
     assert not (tmp_path / "samples.parquet").exists()
 
 
+# --------------------------------------------------------------------------------------------- core.chunks
+
+FINGERPRINT = {"input": "sha-of-input", "config": {"max_length": 64, "columns": ["a"]}, "model": "weights-1"}
+ROWS_SCHEMA = pa.schema([("i", pa.int64()), ("text", pa.string())])
+
+
+def rows(start: int, stop: int) -> pa.Table:
+    return pa.table(
+        {"i": list(range(start, stop)), "text": [f"row {i}" for i in range(start, stop)]}, ROWS_SCHEMA
+    )
+
+
+def five_rows(tmp_path: Path, fingerprint: dict, chunk_size: int = 2, **kw) -> ChunkedOutput:
+    """A chunked output of 5 input rows: chunks [0, 2), [2, 4), [4, 5) at chunk size 2."""
+    return ChunkedOutput(tmp_path / "out.parquet", fingerprint, 5, chunk_size, label="test", **kw)
+
+
+def test_chunks_resume_under_the_same_fingerprint_and_merge_in_input_order(tmp_path, caplog):
+    first = five_rows(tmp_path, FINGERPRINT)
+    assert first.start() == [0, 1, 2]
+    recorded = json.loads((first.parts_dir / "fingerprint.json").read_text())
+    assert recorded == {**FINGERPRINT, "chunks": {"items": 5, "chunk_size": 2}}  # before any part
+    assert [first.bounds(k) for k in range(3)] == [(0, 2), (2, 4), (4, 5)]
+    first.write(2, rows(4, 5))  # chunks done out of order: the merge still follows the input
+    first.write(0, rows(0, 2))
+
+    again = five_rows(tmp_path, json.loads(json.dumps(FINGERPRINT)))  # as read back from JSON: the same
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert again.start() == [1]
+    assert "resuming: 2 of 3 chunks done" in caplog.text
+    with pytest.raises(ChunkError, match=r"1 chunk\(s\) not done \(part-00001\.parquet\)"):
+        again.merge(ROWS_SCHEMA)
+    again.write(1, rows(2, 4))
+    merged = again.merge(ROWS_SCHEMA)
+
+    output = tmp_path / "out.parquet"
+    assert merged["i"].to_pylist() == pq.read_table(output)["i"].to_pylist() == [0, 1, 2, 3, 4]
+    assert not again.parts_dir.exists()
+    assert read_fingerprint(output) == FINGERPRINT
+    assert pq.read_metadata(output).row_group(0).column(0).compression == "ZSTD"
+    assert five_rows(tmp_path, FINGERPRINT).reusable()
+    assert not five_rows(tmp_path, {**FINGERPRINT, "model": "weights-2"}).reusable()
+    assert not five_rows(tmp_path, FINGERPRINT, force=True).reusable()
+
+
+def test_parts_of_another_fingerprint_or_layout_or_none_are_removed_and_work_restarts(tmp_path, caplog):
+    old = five_rows(tmp_path, FINGERPRINT)
+    old.start()
+    old.write(0, rows(0, 2))
+    changed = {**FINGERPRINT, "model": "weights-2", "config": {"max_length": 128, "columns": ["a"]}}
+    other = five_rows(tmp_path, changed)
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert other.start() == [0, 1, 2]
+    assert "(config.max_length, model differ): removing 1 part(s)" in caplog.text
+    assert not other.part(0).exists()
+    assert json.loads((other.parts_dir / "fingerprint.json").read_text())["model"] == "weights-2"
+
+    other.write(0, rows(0, 2))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert five_rows(tmp_path, changed, chunk_size=3).start() == [0, 1]  # other rows per part
+    assert "chunks.chunk_size differ" in caplog.text
+
+    # Parts without a fingerprint (an older sample.py's plan.json, parts copied by hand) are not trusted.
+    shutil.rmtree(other.parts_dir)
+    other.parts_dir.mkdir()
+    (other.parts_dir / "plan.json").write_text('{"chunk_prompts": 2}')
+    pq.write_table(rows(100, 102), other.part(0))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert other.start() == [0, 1, 2]
+    assert "no readable fingerprint.json" in caplog.text and not other.part(0).exists()
+
+    # force: the same fingerprint, and still everything again.
+    other.write(0, rows(0, 2))
+    assert five_rows(tmp_path, changed, force=True).start() == [0, 1, 2]
+    with pytest.raises(ChunkError, match="reserved"):
+        five_rows(tmp_path, {"chunks": 1})
+
+
+def test_a_part_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    chunked = five_rows(tmp_path, FINGERPRINT)
+    chunked.start()
+    real_write = pq.write_table
+
+    def dies_half_way(table, where, **kwargs):
+        real_write(table.slice(0, 1), where, **kwargs)  # half the rows on disk, then the disk is full
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(chunks.pq, "write_table", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        chunked.write(0, rows(0, 2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in chunked.parts_dir.iterdir()) == ["fingerprint.json"]
+    # What a SIGKILL mid-write leaves, the temporary file, is no finished chunk either.
+    (chunked.parts_dir / ".part-00000.parquet.x1y2.tmp").write_bytes(b"PAR1 half a file")
+    assert five_rows(tmp_path, FINGERPRINT).start() == [0, 1, 2]
+
+
+def test_a_finished_file_is_reused_only_when_it_records_the_same_fingerprint(tmp_path, caplog):
+    path = tmp_path / "scored.parquet"
+    pq.write_table(rows(0, 2), path)  # written by something else: no fingerprint
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert not reusable(path, FINGERPRINT)
+    assert "records no fingerprint" in caplog.text
+    chunks.write_parquet(rows(0, 2), path, FINGERPRINT)
+    assert reusable(path, FINGERPRINT) and not reusable(path, FINGERPRINT, force=True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="core.chunks"):
+        assert not reusable(path, {**FINGERPRINT, "input": "sha-of-other-input"})
+    assert "(input differ)" in caplog.text
+    path.write_text("not parquet")
+    assert read_fingerprint(path) is None and not reusable(path, FINGERPRINT)
+    assert differing_keys({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 9}, "e": 3}) == [
+        "a.c",
+        "d",
+        "e",
+    ]
+
+
 # --------------------------------------------------------------------------------------------- the stage
 
 
@@ -333,6 +458,13 @@ def test_stage_samples_scores_selects_and_skips_when_complete(prompt_dir, tiny_m
     assert not (out / "verified.parquet").exists()
     finished = read_manifest(out).finished_at
     assert run(cfg).finished_at == finished  # complete for this config and inputs: skipped
+
+    # Another selection only: samples and scores are kept (their fingerprints match), selection redone.
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in ("samples.parquet", "scored.parquet")}
+    cfg2 = rs_cfg(prompt_dir, tiny_model, "selection.policy=rm_threshold", "selection.threshold=-1e9",
+                  "selection.require_format=false", "selection.drop_truncated=false", "selection.k=2")  # fmt: skip
+    assert run(cfg2).outputs["selected"].rows == 24  # both samples of every prompt
+    assert {name: (out / name).stat().st_mtime_ns for name in mtimes} == mtimes
 
     # A different config does not reuse the old samples.
     cfg3 = rs_cfg(prompt_dir, tiny_model, "sampling.n=3", "selection.policy=verified")
@@ -406,3 +538,53 @@ def test_reward_model_scores_exactly_the_rows_that_need_it(tiny_model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "scored_False.parquet", "scored_True.parquet", "verified.parquet",
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reward_model_b(tiny_model, tmp_path_factory) -> str:
+    """The tiny reward model with other weights: another reward model."""
+    from tests.test_reward_model import build_other_reward_model
+
+    return build_other_reward_model(tiny_model["reward_model"], tmp_path_factory.mktemp("rm_b") / "model")
+
+
+@pytest.mark.slow
+def test_each_step_keeps_its_file_only_under_its_fingerprint(tiny_model, reward_model_b, tmp_path, caplog):
+    """The stage's steps 2 and 3 (verify_and_score): scored.parquet outlives verified.parquet and is kept
+    without verifying again while samples and reward model are the same; another reward model scores
+    again (it was kept: the old code reused any scored.parquet there), other samples verify again."""
+    from core.config import ModelConfig
+    from reject_sampling.scoring import verify_and_score
+
+    samples = scored_samples().drop(columns=["correct", "rm_score", "format_ok", "answer_key"])
+    samples_path = tmp_path / "samples.parquet"
+    samples.to_parquet(samples_path)
+
+    def steps(out: Path, reward_model: str) -> pd.DataFrame:
+        return verify_and_score(
+            samples_path, out, verifier="math", verifier_workers=0,
+            reward_model=ModelConfig(name="rm", path=reward_model), every_row=True, max_length=64,
+            batch_tokens=256, use_cpu=True, progress=False,
+        )  # fmt: skip
+
+    out = tmp_path / "stage"
+    first = steps(out, tiny_model["reward_model"])
+    assert first["correct"].tolist() == [True, True, False, False, False, False, True, True]
+    scored = out / "scored.parquet"
+    mtime = scored.stat().st_mtime_ns
+    (out / "verified.parquet").unlink()  # as the stage does at its end
+    again = steps(out, tiny_model["reward_model"])
+    assert scored.stat().st_mtime_ns == mtime and not (out / "verified.parquet").exists()
+    assert again["rm_score"].tolist() == first["rm_score"].tolist()
+
+    with caplog.at_level("INFO"):
+        other = steps(out, reward_model_b)
+    assert "model differ): redoing it" in caplog.text
+    fresh = steps(tmp_path / "fresh", reward_model_b)
+    assert other["rm_score"].tolist() == pytest.approx(fresh["rm_score"].tolist(), abs=1e-6)
+    assert all(abs(b - a) > 1e-3 for a, b in zip(first["rm_score"], other["rm_score"], strict=True))
+    assert sorted(p.name for p in out.iterdir()) == ["scored.parquet", "verified.parquet"]
+
+    samples.loc[0, "completion"] = trace("13")  # p1's first sample is now wrong
+    samples.to_parquet(samples_path)
+    assert steps(out, reward_model_b)["correct"].tolist()[:2] == [False, True]

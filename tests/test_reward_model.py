@@ -5,7 +5,11 @@ and resumes from its finished chunks, training resumes after SIGKILL."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,14 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from core.artifacts import read_manifest
+from core.artifacts import read_manifest, sha256_file
 from core.chat import ChatRenderer
-from core.config import MATH_INSTRUCTION_SUFFIX, ModelConfig, compose, to_typed
+from core.chunks import ChunkedOutput
+from core.config import CONF_DIR, MATH_INSTRUCTION_SUFFIX, ModelConfig, compose, to_typed
 from data_process.synthetic import mistake_pairs
 from reward_model import score, stage
 from reward_model.config import RMStageConfig, ScoreConfig
 from reward_model.data import PairsError, SequenceEncoder, encode_pairs, read_pairs
-from tests.conftest import kill_at_checkpoint_then_rerun
+from tests.conftest import kill_at_checkpoint_then_rerun, offline_env
 
 ANSWER = "</think> The answer is \\boxed{82}."
 LONG_TRACE = "<think>" + "Let me check this step again. " * 120 + "61+38=99. 99-17=82." + ANSWER
@@ -219,17 +224,169 @@ def test_scoring_resumes_from_finished_chunks(trained_rm, tmp_path):
         ),
         src,
     )
-    out = tmp_path / "scored.parquet"
-    parts = out.with_name(out.name + ".parts")
-    parts.mkdir()
-    # A chunk an interrupted run finished earlier (sentinel scores): it must be kept, not recomputed.
     first = pq.read_table(src).slice(0, 2)
-    pq.write_table(
-        first.append_column("rm_score", pa.array([123.0, 456.0], pa.float64())), parts / "part-00000.parquet"
-    )
-    score.run(_score_cfg(Path(cfg.output_dir) / "model", src, out, chunk_rows=2))
+    sentinel = first.append_column("rm_score", pa.array([123.0, 456.0], pa.float64()))
+
+    def interrupted(out: Path, model_identity: str | None = None) -> ScoreConfig:
+        """The state a killed run leaves: its fingerprint recorded, chunk 0 done (sentinel scores)."""
+        score_cfg = _score_cfg(Path(cfg.output_dir) / "model", src, out, chunk_rows=2)
+        fingerprint = score.fingerprint(score_cfg, sha256_file(src))
+        if model_identity is not None:
+            fingerprint["model"] = model_identity
+        chunked = ChunkedOutput(out, fingerprint, 5, 2)
+        chunked.start()
+        chunked.write(0, sentinel)
+        return score_cfg
+
+    # Left under this input, config and model: kept, not recomputed.
+    out = tmp_path / "scored.parquet"
+    score.run(interrupted(out))
     scores = pq.read_table(out).column("rm_score").to_pylist()
-    assert scores[:2] == [123.0, 456.0] and len(scores) == 5 and not parts.exists()
+    assert (
+        scores[:2] == [123.0, 456.0] and len(scores) == 5 and not out.with_name(out.name + ".parts").exists()
+    )
+    # Left by a run with another reward model (other weights): thrown away, all five scored by this one.
+    other = tmp_path / "scored_other.parquet"
+    score.run(interrupted(other, model_identity="weights of another reward model"))
+    rescored = pq.read_table(other).column("rm_score").to_pylist()
+    assert rescored[:2] == pytest.approx(scores_alone(cfg, src)[:2], abs=1e-5) and rescored[2:] == scores[2:]
+
+
+def scores_alone(cfg: RMStageConfig, src: Path) -> list[float]:
+    return (
+        pq.read_table(
+            score.run(
+                _score_cfg(Path(cfg.output_dir) / "model", src, src.with_name("alone.parquet"), chunk_rows=2)
+            )
+        )
+        .column("rm_score")
+        .to_pylist()
+    )
+
+
+def build_other_reward_model(src: str, dst: Path, seed: int = 1) -> str:
+    """The tiny reward model's architecture and tokenizer with other random weights: another reward model,
+    whose scores differ from the first one's on every row."""
+    import torch
+    from transformers import AutoConfig
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(src))
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return str(dst)
+
+
+KILL_ROWS, KILL_CHUNK_ROWS = 60, 2
+
+
+@pytest.fixture(scope="module")
+def kill_setup(tiny_model, tmp_path_factory) -> dict:
+    """Two reward models (A: the tiny one, B: other weights), 60 rows of long traces (30 chunks of 2 rows
+    take seconds to score: time to kill a run between chunks) and each model's uninterrupted scores."""
+    import torch
+
+    root = tmp_path_factory.mktemp("rm_kill")
+    model_a = tiny_model["reward_model"]
+    model_b = build_other_reward_model(model_a, root / "rm_b")
+    src = root / "samples.parquet"
+    completions = [LONG_TRACE[: 800 + 40 * i] + ANSWER for i in range(KILL_ROWS)]
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"s{i}" for i in range(KILL_ROWS)],
+                "prompt": [f"Compute {i} + 38 - 17." for i in range(KILL_ROWS)],
+                "completion": completions,
+            }
+        ),
+        src,
+    )
+    reference = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1), and faster on 2 shared cores
+    for name, model in (("a", model_a), ("b", model_b)):
+        cfg = _score_cfg(Path(model), src, root / f"reference_{name}.parquet", chunk_rows=KILL_CHUNK_ROWS)
+        reference[name] = pq.read_table(score.run(cfg)).column("rm_score").to_pylist()
+    torch.set_num_threads(threads)
+    return {"a": model_a, "b": model_b, "src": src, "reference": reference}
+
+
+def score_cmd(model_dir: str, src: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "reward_model.score",
+        f"input={src}",
+        f"output={out}",
+        f"model.path={model_dir}",
+        f"chunk_rows={KILL_CHUNK_ROWS}",
+        "use_cpu=true",
+        "progress=false",
+        f"hydra.run.dir={out.parent}/logs",
+    ]
+
+
+def kill_after_first_part(cmd: list[str], out: Path, timeout: float = 180) -> int:
+    """Start `cmd`, SIGKILL it once a chunk part exists, check it left no output; the parts it left."""
+    parts = out.with_name(out.name + ".parts")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=CONF_DIR.parent,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while not any(parts.glob("part-*.parquet")):
+        assert proc.poll() is None, "scoring ended before it could be killed"
+        assert time.time() < deadline, f"no part in {parts} within {timeout} s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before the kill: give it more rows"
+    done = len(list(parts.glob("part-*.parquet")))
+    assert 1 <= done < KILL_ROWS // KILL_CHUNK_ROWS
+    return done
+
+
+def rerun(cmd: list[str]) -> str:
+    done = subprocess.run(
+        cmd, cwd=CONF_DIR.parent, env=offline_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_rerun_with_another_reward_model_after_a_kill_gives_only_that_models_scores(kill_setup, tmp_path):
+    """The issue's test: parts that model A finished before the kill are not mixed into model B's output
+    (they were: the parts were reused whatever model had made them)."""
+    out = tmp_path / "scored.parquet"
+    done_by_a = kill_after_first_part(score_cmd(kill_setup["a"], kill_setup["src"], out), out)
+    log = rerun(score_cmd(kill_setup["b"], kill_setup["src"], out))
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [f"s{i}" for i in range(KILL_ROWS)]
+    scores = table.column("rm_score").to_pylist()
+    assert scores == pytest.approx(kill_setup["reference"]["b"], abs=1e-5)
+    # Every row differs from A's, the rows of the chunks A finished before the kill included.
+    assert all(abs(s - a) > 1e-3 for s, a in zip(scores, kill_setup["reference"]["a"], strict=True))
+    assert f"model differ): removing {done_by_a} part(s)" in log and "resuming" not in log
+
+
+@pytest.mark.slow
+def test_rerun_with_the_same_reward_model_after_a_kill_resumes(kill_setup, tmp_path):
+    out = tmp_path / "scored.parquet"
+    cmd = score_cmd(kill_setup["a"], kill_setup["src"], out)
+    done = kill_after_first_part(cmd, out)
+    log = rerun(cmd)
+    # Only the chunks the killed run had not finished are scored again.
+    assert f"resuming: {done} of {KILL_ROWS // KILL_CHUNK_ROWS} chunks done" in log and "removing" not in log
+    assert not out.with_name(out.name + ".parts").exists()
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [f"s{i}" for i in range(KILL_ROWS)]
+    assert table.column("rm_score").to_pylist() == pytest.approx(kill_setup["reference"]["a"], abs=1e-5)
+    assert "is finished for this input, config and model: skipping" in rerun(cmd)  # done: nothing to do
 
 
 @pytest.mark.slow

@@ -19,10 +19,19 @@ import pytest
 import torch
 
 from core.artifacts import Manifest, describe_file, write_manifest
+from core.chunks import ChunkedOutput
 from core.config import CONF_DIR, compose, to_typed
+from reject_sampling.backends import Completion
 from reject_sampling.config import PromptSource, SampleConfig
 from reject_sampling.prompts import PromptError, derived_id, load_prompts
-from reject_sampling.sample import SampleError, check_samples, run, shard_output_path
+from reject_sampling.sample import (
+    SampleError,
+    check_samples,
+    fingerprint,
+    run,
+    samples_table,
+    shard_output_path,
+)
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -263,13 +272,33 @@ def test_samples_schema_order_and_skip_when_done(tmp_path, policy, one_thread, c
     mtime = out.stat().st_mtime_ns
     assert run(cfg) == out and out.stat().st_mtime_ns == mtime  # done: skipped
 
-    # Parts left by a run with other settings are refused, not mixed in.
+
+def test_parts_or_outputs_of_other_settings_are_redone_not_mixed_in(tmp_path, policy, one_thread, caplog):
+    """An interrupted run with n=2 left one chunk (its completions say STALE); a run with n=3 removes it and
+    samples everything (an older version refused to go on); a finished output is redone when the model's
+    name (the `policy` column) changed."""
+    prompts = write_prompts(tmp_path / "p.parquet", 5)
     other = tmp_path / "other.parquet"
-    parts = other.with_name(other.name + ".parts")
-    parts.mkdir()
-    (parts / "plan.json").write_text('{"chunk_prompts": 1}')
-    with pytest.raises(SampleError, match="other prompts or settings; delete it or pass force=true"):
-        run(sample_cfg(tmp_path, policy, prompts, f"output={other}"))
+    stale_cfg = sample_cfg(tmp_path, policy, prompts, "sampling.n=2", "chunk_prompts=2", f"output={other}")
+    prompt_list = load_prompts(stale_cfg.prompts).prompts
+    stale = ChunkedOutput(other, fingerprint(stale_cfg, prompt_list), 5, 2)
+    stale.start()
+    stale.write(0, samples_table(prompt_list[:2], [[Completion("STALE", "stop", 1)] * 2] * 2, "sft_round_0"))
+
+    cfg = sample_cfg(tmp_path, policy, prompts, "sampling.n=3", "chunk_prompts=2", f"output={other}")
+    with caplog.at_level("INFO"):
+        run(cfg)
+    assert "(config.sampling.n differ): removing 1 part(s)" in caplog.text
+    rows = pq.read_table(other).to_pylist()
+    assert [(r["id"], r["sample_idx"]) for r in rows] == [(f"p{i}", k) for i in range(5) for k in range(3)]
+    assert not any(r["completion"] == "STALE" for r in rows)
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(sample_cfg(tmp_path, policy, prompts, "sampling.n=3", "chunk_prompts=2", f"output={other}",
+                       "model.name=renamed"))  # fmt: skip
+    assert "(config.model.name differ): redoing it" in caplog.text
+    assert set(pq.read_table(other).column("policy").to_pylist()) == {"renamed"}
 
 
 def test_greedy_gives_n_identical_samples_and_stop_strings_cut(tmp_path, policy, one_thread):
@@ -314,6 +343,14 @@ def test_shards_and_merge(tmp_path, policy, one_thread):
     pq.write_table(pq.read_table(files[0]), shard_output_path(tmp_path / "s.parquet", 1, 3))  # shard 0 twice
     with pytest.raises(
         SampleError, match=r"2 prompt id\(s\) missing: \['p2', 'p3'\]; 2 prompt id\(s\) duplicated"
+    ):
+        run(sample_cfg(tmp_path, policy, prompts, *common, "merge=true"))
+    # A shard with the right prompts, sampled with another seed: refused, not merged with the others.
+    run(sample_cfg(tmp_path, policy, prompts, *common, "shard_index=1", "sampling.seed=1", "force=true"))
+    with pytest.raises(
+        SampleError,
+        match=r"s\.shard-00001-of-00003\.parquet was sampled from other prompts or settings "
+        r"\(config\.sampling\.seed differ\); sample it again with shard_index=1 num_shards=3 force=true",
     ):
         run(sample_cfg(tmp_path, policy, prompts, *common, "merge=true"))
 
@@ -389,7 +426,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, policy, one_t
 
     resumed = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming: {done_before} of 15 chunks already done" in resumed.stdout
+    assert f"resuming: {done_before} of 15 chunks done" in resumed.stdout
     assert not parts.exists()
 
     reference = run(sample_cfg(tmp_path, policy, prompts, *settings, f"output={tmp_path}/ref.parquet"))
