@@ -52,23 +52,32 @@ def test_data_process_throughput_both_tokenizers(tmp_path, tiny_model):
     shards = sorted(
         (work / f"openr1_rows{res['args']['rows']}_vw50_seed0_shard100" / "default").glob("*.parquet")
     )
-    rows = parquet_rows(shards)
-    assert rows == res["args"]["rows"] == 200
-    runs = {r["tokenizer"]: r for r in res["runs"]}
-    assert set(runs) == {"tiny", "qwen2.5"} and len(res["runs"]) == 2
-    for r in runs.values():
+    assert len(shards) == 2 and parquet_rows(shards) == res["args"]["rows"] == 200
+    rows = {"small_0.1k": parquet_rows(shards[:1]), "full_0.2k": parquet_rows(shards)}
+    runs = {(r["tokenizer"], r["label"].rsplit("_", 1)[0]): r for r in res["runs"]}
+    assert set(runs) == {(t, size) for t in ("tiny", "qwen2.5") for size in rows} and len(res["runs"]) == 4
+    for (_, size), r in runs.items():
         m = r["metrics"]
-        assert r["input"]["rows"] == m["rows_read"] == rows
-        assert m["rows_kept"] + sum(m["rows_dropped"].values()) == rows
+        assert r["input"]["rows"] == m["rows_read"] == rows[size]
+        assert m["rows_kept"] + sum(m["rows_dropped"].values()) == rows[size]
         assert 0 < m["sft"]["written"] <= m["rows_kept"]
         assert r["outputs"]["sft"]["rows"] == m["sft"]["written"]
         assert r["outputs"]["prompts"]["rows"] == m["rows_kept"]
-        for key in ("rows_per_s", "rows_per_s_wall", "sft_tokens_per_s", "peak_rss_mib", "stage_s", "wall_s"):
+        for key in (
+            "rows_per_s",
+            "rows_per_s_wall",
+            "rows_per_cpu_s",
+            "sft_tokens_per_s",
+            "peak_rss_mib",
+            "stage_s",
+        ):
             assert measured(r[key]), (r["label"], key, r[key])
-    # Both runs read the same rows; the real tokenizer really was used: its 151k vocabulary cuts the same
+    # Both tokenizers read the same rows; the real one really was used: its 151k vocabulary cuts the same
     # records into far fewer tokens than the tiny 384-token one.
-    assert runs["qwen2.5"]["metrics"]["rows_kept"] == runs["tiny"]["metrics"]["rows_kept"]
-    assert runs["qwen2.5"]["metrics"]["sft"]["tokens"] < runs["tiny"]["metrics"]["sft"]["tokens"]
+    for size in rows:
+        qwen, tiny = runs["qwen2.5", size]["metrics"], runs["tiny", size]["metrics"]
+        assert qwen["rows_kept"] == tiny["rows_kept"]
+        assert qwen["sft"]["tokens"] < tiny["sft"]["tokens"]
     assert "tokenizer.json" in {p.name for p in Path(res["tokenizers"]["qwen2.5"]["policy_dir"]).iterdir()}
     assert "qwen2.5" in res["verdict"] and "tiny" in res["verdict"]
 
