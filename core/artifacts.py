@@ -133,6 +133,15 @@ def fingerprint_files(paths: Iterable[str | os.PathLike], root: str | os.PathLik
     return sha256_text("\n".join(entries))[:16]
 
 
+def fingerprint_dir(path: str | os.PathLike) -> str:
+    """`fingerprint_files` of the files directly in a directory: a model's (or adapter's, or tokenizer's)
+    identity as a stage input or a resume fingerprint. Not recursive: a Hugging Face model directory is flat."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist: cannot fingerprint it")
+    return fingerprint_files([p for p in directory.iterdir() if p.is_file()])
+
+
 # ---------------------------------------------------------------------------------------------- provenance
 
 

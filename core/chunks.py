@@ -10,7 +10,7 @@
 
 A fingerprint is a JSON-able dict of what the output is made from: the input's identity (its sha256, or the
 fingerprint of the step that made it), the config fields that change the output (`core.config.hashed_view`
-of them), the model's identity (`model_identity`). It is the only thing a resume trusts:
+of them), the model's identity (`core.artifacts.fingerprint_dir`). It is the only thing a resume trusts:
 
 - Parts live in `<output>.parts/part-00000.parquet, ...`; `<output>.parts/fingerprint.json` is written
   (atomically) before any part, so every part was made under a recorded fingerprint.
@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.artifacts import atomic_path, fingerprint_files, sha256_text, write_json_atomic
+from core.artifacts import atomic_path, sha256_text, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,6 @@ def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 def describe_keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:SHOWN_KEYS])
     return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
-
-
-def model_identity(path: str | os.PathLike) -> str:
-    """Identity of a model (or adapter, or tokenizer) directory: `core.artifacts.fingerprint_files` over its
-    files (path, size, mtime; not recursive: a Hugging Face model directory is flat). Cheap enough to compute
-    on every run, and the same value the stage manifests record as their model inputs."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"model directory {directory} does not exist: cannot fingerprint it")
-    return fingerprint_files([p for p in directory.iterdir() if p.is_file()])
 
 
 def read_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:

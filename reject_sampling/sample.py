@@ -39,14 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from core.artifacts import sha256_text
+from core.artifacts import fingerprint_dir, sha256_text
 from core.chat import ChatRenderer
 from core.chunks import (
     ChunkedOutput,
     canonical,
     describe_keys,
     differing_keys,
-    model_identity,
     read_fingerprint,
     reusable,
     write_parquet,
@@ -149,9 +148,9 @@ def fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, Any]:
     of the model, adapter and tokenizer files, so replaced weights at the same path count as a change."""
     return {
         **settings_fingerprint(cfg, prompts),
-        "model": model_identity(cfg.model.path),
-        "adapter": model_identity(cfg.adapter) if cfg.adapter else None,
-        "tokenizer": model_identity(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
+        "model": fingerprint_dir(cfg.model.path),
+        "adapter": fingerprint_dir(cfg.adapter) if cfg.adapter else None,
+        "tokenizer": fingerprint_dir(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
     }
 
 

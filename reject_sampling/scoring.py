@@ -23,9 +23,16 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from core.artifacts import OutputFile, describe_file, sha256_file, sha256_text, write_parquet_atomic
+from core.artifacts import (
+    OutputFile,
+    describe_file,
+    fingerprint_dir,
+    sha256_file,
+    sha256_text,
+    write_parquet_atomic,
+)
 from core.chat import ChatRenderer
-from core.chunks import digest, matches, model_identity, reusable, with_fingerprint
+from core.chunks import digest, matches, reusable, with_fingerprint
 from core.config import ModelConfig
 from core.launch import needs_own_process, run_step
 from core.models import require_model_dir
@@ -236,11 +243,11 @@ def check_inputs(cfg: Any, needs_gold: bool) -> tuple[PromptSet, dict[str, str]]
             "the verifier needs them"
         )
     inputs = {
-        "policy": model_identity(cfg.model.path),
+        "policy": fingerprint_dir(cfg.model.path),
         "prompts": f"{prompts.identity}:{cfg.prompts.split}:{cfg.prompts.max_prompts}",
     }
     if cfg.use_reward_model:
-        inputs["reward_model"] = model_identity(cfg.reward_model.path)
+        inputs["reward_model"] = fingerprint_dir(cfg.reward_model.path)
     return prompts, inputs
 
 

@@ -94,6 +94,9 @@ class ScoreConfig:
     chunk_rows: int = help_field(2048, help="Rows per resumable chunk.", hashed=False)
     use_cpu: bool | None = help_field(None, hashed=False)
     progress: bool = help_field(True, hashed=False)
+    force: bool = help_field(
+        False, help="Score again even if the output (or its parts) match this input, config and model.", hashed=False
+    )
 
 
 register_schema("reward_model_schema", RMStageConfig)

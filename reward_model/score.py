@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from core.artifacts import sha256_file
-from core.chunks import ChunkedOutput, model_identity
+from core.artifacts import fingerprint_dir, sha256_file
+from core.chunks import ChunkedOutput
 from core.config import hashed_view
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import resolve_use_cpu
@@ -99,8 +99,8 @@ def fingerprint(cfg: ScoreConfig, input_identity: str) -> dict[str, Any]:
     return {
         "input": input_identity,
         "config": config,
-        "model": model_identity(cfg.model.path),
-        "tokenizer": model_identity(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
+        "model": fingerprint_dir(cfg.model.path),
+        "tokenizer": fingerprint_dir(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else None,
     }
 
 
@@ -120,6 +120,7 @@ def run(cfg: ScoreConfig) -> Path:
         fingerprint(cfg, sha256_file(source)),
         pq.read_metadata(source).num_rows,
         cfg.chunk_rows,
+        force=cfg.force,
         label="rm_score",
     )
     if chunked.reusable():

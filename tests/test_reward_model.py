@@ -252,6 +252,23 @@ def test_scoring_resumes_from_finished_chunks(trained_rm, tmp_path):
     assert rescored[:2] == pytest.approx(scores_alone(cfg, src)[:2], abs=1e-5) and rescored[2:] == scores[2:]
 
 
+def test_a_finished_scoring_is_kept_unless_forced(trained_rm, tmp_path):
+    """A finished output under the same input, config and model is kept as it is (a sentinel score written
+    into it survives); `force=true` scores every row again."""
+    cfg, _ = trained_rm
+    src = tmp_path / "samples.parquet"
+    pq.write_table(pa.table({"prompt": ["Q"] * 3, "completion": [f"\\boxed{{{i}}}" for i in range(3)]}), src)
+    out = tmp_path / "scored.parquet"
+    score_cfg = _score_cfg(Path(cfg.output_dir) / "model", src, out, chunk_rows=2)
+    real = pq.read_table(score.run(score_cfg)).column("rm_score").to_pylist()
+    table = pq.read_table(out)
+    doctored = table.set_column(2, "rm_score", pa.array([7.0, 8.0, 9.0], pa.float64()))
+    pq.write_table(doctored.replace_schema_metadata(table.schema.metadata), out)
+    assert pq.read_table(score.run(score_cfg)).column("rm_score").to_pylist() == [7.0, 8.0, 9.0]
+    score_cfg.force = True
+    assert pq.read_table(score.run(score_cfg)).column("rm_score").to_pylist() == pytest.approx(real, abs=1e-6)
+
+
 def scores_alone(cfg: RMStageConfig, src: Path) -> list[float]:
     return (
         pq.read_table(
