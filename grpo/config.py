@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import ModelConfig, PeftConfig, help_field, register_schema, world_size
+from omegaconf import OmegaConf
+
+from core.config import ModelConfig, PeftConfig, help_field, register_schema
 
 # TRL 1.16 GRPOConfig.loss_type values with a clipped-ratio objective; the first three are the documented ones.
+# TRL checks neither value before the first step (grpo/stage.py training_args does).
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 BACKENDS = ("auto", "vllm", "transformers")
@@ -83,45 +86,14 @@ class RewardsConfig:
 
 
 @dataclass
-class GRPOHyperparams:
-    learning_rate: float = help_field(1e-6)
-    max_steps: int = help_field(-1, help="Stop after this many optimizer steps (overrides epochs when > 0).")
-    num_train_epochs: float = help_field(1.0)
-    per_device_train_batch_size: int = help_field(
-        8, help="Completions (not prompts) per device and micro-step."
-    )
-    gradient_accumulation_steps: int = help_field(1)
-    num_generations: int = help_field(8, help="Completions sampled per prompt (the group of GRPO).")
-    steps_per_generation: int | None = help_field(
-        None,
-        help="Micro-steps fed by one generation batch; null = gradient_accumulation_steps. Larger values split "
-        "a generation batch into several optimizer steps (off-policy minibatches).",
-    )
-    num_iterations: int = help_field(1, help="Optimisation passes over each generation batch (PPO's μ).")
+class GRPOOptions:
+    """What grpo adds to TRL's GRPOConfig: the prompt-length filter, RLinf's early stop, and how the policy
+    is loaded (the stage loads it, not TRL)."""
+
     max_prompt_length: int = help_field(
         512,
-        help="Prompts longer than this (in tokens, as the chat template renders them) are dropped and counted.",
-    )
-    max_completion_length: int = help_field(1024, help="Most tokens generated per completion.")
-    temperature: float = help_field(1.0)
-    top_p: float = help_field(1.0)
-    top_k: int = help_field(0, help="0 = no top-k truncation (true temperature sampling).")
-    loss_type: str = help_field(
-        "dapo",
-        help="dapo (token-level: sum over every token of the batch / token count; no length bias) | grpo "
-        "(per-sequence mean, then mean) | dr_grpo (sum / (batch x max_completion_length)) | bnpo.",
-    )
-    scale_rewards: str = help_field(
-        "group", help="Divide advantages by the reward std of the group | batch | none (Dr. GRPO)."
-    )
-    beta: float = help_field(0.0, help="KL coefficient to the start model; 0 loads no reference model.")
-    epsilon: float = help_field(0.2, help="Lower clip range: ratio >= 1 - epsilon.")
-    epsilon_high: float | None = help_field(
-        0.28, help="Upper clip range (DAPO clip-higher): ratio <= 1 + epsilon_high; null = epsilon."
-    )
-    mask_truncated_completions: bool = help_field(
-        False,
-        help="Leave completions cut at max_completion_length out of the loss (DAPO overlong filtering).",
+        help="Prompts longer than this (in tokens, as the chat template renders them) are dropped and counted "
+        "(TRL 1.16's GRPOConfig has no prompt limit).",
     )
     early_stop_imp_ratio: float | None = help_field(
         None,
@@ -129,75 +101,13 @@ class GRPOHyperparams:
         "all processes) exceeds this bound contributes no gradient. Only off-policy micro-batches (num_iterations"
         " > 1, steps_per_generation > gradient_accumulation_steps, or vLLM) have a ratio other than 1.",
     )
-    lr_scheduler_type: str = help_field("constant")
-    warmup_steps: float = help_field(0.0, help="Warm-up: steps, or a fraction of all steps when < 1.")
-    weight_decay: float = help_field(0.0)
-    max_grad_norm: float = help_field(1.0)
-    gradient_checkpointing: bool = help_field(False)
     attn_implementation: str = help_field("auto", help="auto | sdpa | eager | flash_attention_2.")
-    bf16: bool | None = help_field(None, help="bf16 mixed precision; null = on when a GPU supports it.")
-    seed: int = help_field(42)
-    logging_steps: int = help_field(1)
-    save_steps: int = help_field(50, help="Checkpoint every N steps (resume point after a kill).")
-    save_total_limit: int = help_field(2)
-    report_to: list[str] = help_field(["tensorboard"], help="tensorboard | wandb | mlflow | none.")
-    log_completions: bool = help_field(
-        False, help="Write each logged step's prompts, completions and rewards to checkpoints/completions/."
-    )
 
     def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"grpo.scale_rewards must be one of {SCALE_REWARDS}, got '{self.scale_rewards}'")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise ValueError("set grpo.max_steps > 0 or grpo.num_train_epochs > 0")
-        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
-            raise ValueError(
-                f"grpo.epsilon_high ({self.epsilon_high}) < grpo.epsilon ({self.epsilon}): clip-higher widens the "
-                "upper range; set epsilon_high >= epsilon or null"
-            )
         if self.early_stop_imp_ratio is not None and self.early_stop_imp_ratio <= 1.0:
             raise ValueError(
-                f"grpo.early_stop_imp_ratio must be > 1 (a bound on pi/pi_old), got {self.early_stop_imp_ratio}"
+                f"train.early_stop_imp_ratio must be > 1 (a bound on pi/pi_old), got {self.early_stop_imp_ratio}"
             )
-        check_batch_arithmetic(self, world_size())
-
-
-def check_batch_arithmetic(h: GRPOHyperparams, processes: int) -> None:
-    """Every prompt's `num_generations` completions must sit in one generation batch, so the generation batch
-    (per_device_train_batch_size x processes x steps_per_generation) must be a multiple of num_generations.
-    The error names the nearby values that work."""
-    if h.num_generations < 2:
-        raise ValueError(
-            f"grpo.num_generations must be >= 2 (a group needs a baseline), got {h.num_generations}"
-        )
-    if min(h.per_device_train_batch_size, h.gradient_accumulation_steps, h.num_iterations) < 1:
-        raise ValueError(
-            "per_device_train_batch_size, gradient_accumulation_steps and num_iterations must be >= 1"
-        )
-    steps = h.steps_per_generation or h.gradient_accumulation_steps
-    batch = h.per_device_train_batch_size * processes * steps
-    if batch % h.num_generations == 0:
-        return
-    per_step = processes * steps
-    # The smallest per-device batches that work: multiples of num_generations / gcd(num_generations, per_step).
-    from math import gcd
-
-    unit = h.num_generations // gcd(h.num_generations, per_step)
-    size = h.per_device_train_batch_size
-    batches = sorted(sorted(range(unit, 3 * max(size, unit) + 1, unit), key=lambda b: (abs(b - size), b))[:3])
-    groups = [g for g in range(2, batch + 1) if batch % g == 0]
-    groups = sorted(sorted(groups, key=lambda g: (abs(g - h.num_generations), g))[:3])
-    steps_name = "steps_per_generation" if h.steps_per_generation else "gradient_accumulation_steps"
-    raise ValueError(
-        f"generation batch = per_device_train_batch_size {h.per_device_train_batch_size} x {processes} "
-        f"process(es) x {steps_name} {steps} = {batch} completions is not divisible by num_generations "
-        f"{h.num_generations}: each prompt's completions must sit in one batch. Valid with the other values "
-        f"unchanged: per_device_train_batch_size in {batches}"
-        + (f", or num_generations in {groups}" if groups else "")
-        + "."
-    )
 
 
 @dataclass
@@ -213,7 +123,9 @@ class RolloutGeneration:
         0.3, help="Share of GPU memory for vLLM (colocate).", hashed=False
     )
     vllm_max_model_length: int | None = help_field(
-        None, help="vLLM context; null = max_prompt_length + max_completion_length.", hashed=False
+        None,
+        help="vLLM context; null = train.max_prompt_length + grpo.max_completion_length.",
+        hashed=False,
     )
     vllm_tensor_parallel_size: int = help_field(1, hashed=False)
     vllm_enable_sleep_mode: bool = help_field(
@@ -239,7 +151,18 @@ class GRPOStageConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: GRPOData = field(default_factory=GRPOData)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
-    grpo: GRPOHyperparams = field(default_factory=GRPOHyperparams)
+    grpo: dict[str, Any] = help_field(
+        {},
+        help="Arguments of trl.GRPOConfig as TRL names them (learning_rate, max_steps, num_generations, "
+        "per_device_train_batch_size = completions, not prompts, per device and micro-step, loss_type, beta, "
+        "epsilon_high, ...; presets in conf/grpo/), passed as they are and checked by TRL, with the launched "
+        "number of processes (the generation batch must hold whole groups), when the stage starts and when "
+        "the pipeline composes (see train_sft's `sft`). Project checks on top: loss_type one of "
+        f"{list(LOSS_TYPES)}, scale_rewards one of {list(SCALE_REWARDS)}, epsilon_high >= epsilon. Set by "
+        "the stage (refused here): output_dir, use_cpu, reward_weights (rewards.*), use_vllm "
+        "(generation.backend), vllm_* (generation.*), disable_dropout, ddp_find_unused_parameters.",
+    )
+    train: GRPOOptions = field(default_factory=GRPOOptions)
     generation: RolloutGeneration = field(default_factory=RolloutGeneration)
     peft: PeftConfig = field(default_factory=lambda: PeftConfig(method="none", merge=False))
     use_cpu: bool | None = help_field(
@@ -256,11 +179,9 @@ class GRPOStageConfig:
             raise ValueError(
                 "no prompts: set data.prompts (a prompt set) and/or data.reasoning_gym (generators)"
             )
-        if self.rewards.overlong and self.rewards.overlong_buffer > self.grpo.max_completion_length:
-            raise ValueError(
-                f"rewards.overlong_buffer ({self.rewards.overlong_buffer}) exceeds grpo.max_completion_length "
-                f"({self.grpo.max_completion_length}); use a buffer of at most max_completion_length"
-            )
 
 
-register_schema("grpo_schema", GRPOStageConfig)
+# `grpo` open to any key, as train_sft's `sft` (see train_sft/config.py): TRL's field list decides.
+_schema = OmegaConf.structured(GRPOStageConfig)
+OmegaConf.set_struct(_schema.grpo, False)
+register_schema("grpo_schema", _schema)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from core.chat import ChatRenderer
 from core.config import stage_config_hash, write_resolved_config
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
+    TrlArgsError,
     finalize_model_dir,
     finish_training_stage,
     is_main_process,
@@ -44,12 +44,12 @@ from core.training import (
     merge_adapter,
     peak_memory_gb,
     resolve_attention,
-    resolve_bf16,
     resolve_use_cpu,
     torch_dtype,
+    trl_args,
     world_size,
 )
-from grpo.config import GRPOStageConfig
+from grpo.config import LOSS_TYPES, SCALE_REWARDS, GRPOStageConfig
 from grpo.data import PreparedPrompts, PromptsError, prepare
 from grpo.rewards import build_reward_functions
 
@@ -65,17 +65,14 @@ def resolve_backend(requested: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
-def check_prompts(prepared: PreparedPrompts, cfg: GRPOStageConfig, processes: int) -> None:
-    """One generation batch needs `generation batch / num_generations` distinct prompts."""
-    g = cfg.grpo
-    batch = (
-        g.per_device_train_batch_size * processes * (g.steps_per_generation or g.gradient_accumulation_steps)
-    )
-    needed = batch // g.num_generations
-    if len(prepared.examples) < needed:
+def check_prompts(prepared: PreparedPrompts, cfg: GRPOStageConfig, args: Any) -> None:
+    """One generation batch needs `generation batch / num_generations` distinct prompts. `args` is the
+    validated GRPOConfig (`training_args`): TRL computed its generation batch for the launched processes."""
+    batch, groups = args.generation_batch_size, args.generation_batch_size // args.num_generations
+    if len(prepared.examples) < groups:
         raise PromptsError(
             f"{len(prepared.examples)} prompts cannot fill one generation batch of {batch} completions "
-            f"({needed} prompts x num_generations {g.num_generations}); lower the batch or add prompts"
+            f"({groups} prompts x num_generations {args.num_generations}); lower the batch or add prompts"
         )
     if cfg.peft.method == "qlora" and cfg.use_cpu is False and not torch.cuda.is_available():
         raise ValueError("peft.method=qlora with use_cpu=false needs a CUDA GPU")
@@ -114,75 +111,96 @@ def _trainer_class():
     return EarlyStopGRPOTrainer
 
 
+def training_args(
+    cfg: GRPOStageConfig, out: Path, processes: int | None = None, backend: str | None = None
+) -> Any:
+    """trl.GRPOConfig from the `grpo` section (core.training.trl_args): validated only, for `processes`
+    launched processes, when `processes` is given (the stage's door, the pipeline's compose), else the one
+    the stage trains with. TRL's __post_init__ checks the batch arithmetic (generation batch = per device x
+    processes x steps_per_generation, a multiple of num_generations) with that process count.
+
+    What the stage fixes: the reward weights (the `rewards` section), use_vllm and the vLLM settings (the
+    `generation` section; colocate: an engine inside each training process), and dropout off (the clipped
+    ratio assumes pi_old and pi give the same log-probs for the same weights). Checks TRL makes only at the
+    first step, made here: loss_type and scale_rewards are known values; and the project's: epsilon_high is
+    not below epsilon, the overlong reward's buffer fits in max_completion_length."""
+    from trl import GRPOConfig
+
+    gen, section = cfg.generation, cfg.grpo
+    backend = backend or resolve_backend(gen.backend)
+    completion = section.get("max_completion_length", GRPOConfig.max_completion_length)
+    use = "use generation.{}"
+    vllm = {
+        "use_vllm": (backend == "vllm", "use generation.backend"),
+        "vllm_mode": ("colocate", "the stage runs vLLM in each training process (colocate)"),
+        "vllm_gpu_memory_utilization": (
+            gen.vllm_gpu_memory_utilization,
+            use.format("vllm_gpu_memory_utilization"),
+        ),
+        "vllm_max_model_length": (
+            gen.vllm_max_model_length or cfg.train.max_prompt_length + completion,
+            use.format("vllm_max_model_length"),
+        ),
+        "vllm_tensor_parallel_size": (gen.vllm_tensor_parallel_size, use.format("vllm_tensor_parallel_size")),
+        "vllm_enable_sleep_mode": (gen.vllm_enable_sleep_mode, use.format("vllm_enable_sleep_mode")),
+        "vllm_importance_sampling_correction": (
+            gen.vllm_importance_sampling_correction,
+            use.format("vllm_importance_sampling_correction"),
+        ),
+    }
+    fixed = {
+        "use_cpu": (resolve_use_cpu(cfg.use_cpu), "use the stage's use_cpu"),
+        "reward_weights": (
+            [float(w) for w in cfg.rewards.weights.values()],
+            "use rewards.<name> (its weight)",
+        ),
+        "disable_dropout": (True, "it is always on: the clipped ratio needs pi_old and pi to agree"),
+        **vllm,
+    }
+    where = f"{STAGE}.grpo"
+    args = trl_args(GRPOConfig, section, where=where, output_dir=out, processes=processes, fixed=fixed)
+    if args.loss_type not in LOSS_TYPES:
+        raise TrlArgsError(f"{where}.loss_type must be one of {LOSS_TYPES}, got '{args.loss_type}'")
+    if args.scale_rewards not in SCALE_REWARDS:
+        raise TrlArgsError(
+            f"{where}.scale_rewards must be one of {SCALE_REWARDS}, got '{args.scale_rewards}'"
+        )
+    if args.epsilon_high is not None and args.epsilon_high < args.epsilon:
+        raise TrlArgsError(
+            f"{where}.epsilon_high ({args.epsilon_high}) < epsilon ({args.epsilon}): clip-higher widens the upper "
+            "range; set epsilon_high >= epsilon or null"
+        )
+    if cfg.rewards.overlong and cfg.rewards.overlong_buffer > args.max_completion_length:
+        raise ValueError(
+            f"rewards.overlong_buffer ({cfg.rewards.overlong_buffer}) exceeds {where}.max_completion_length "
+            f"({args.max_completion_length}); use a buffer of at most max_completion_length"
+        )
+    return args
+
+
 def build_trainer(
     cfg: GRPOStageConfig, tokenizer: Any, prepared: PreparedPrompts, out: Path, backend: str
 ) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig
 
-    g, gen = cfg.grpo, cfg.generation
     use_cpu = resolve_use_cpu(cfg.use_cpu)
-    bf16 = resolve_bf16(g.bf16, use_cpu)
     if backend == "vllm" and use_cpu:
         from grpo.vllm_cpu import prepare_cpu_vllm
 
-        prepare_cpu_vllm(gen.vllm_cpu_kvcache_gb)
-    reward_funcs, weights = build_reward_functions(cfg.rewards, g.max_completion_length, cfg.model, use_cpu)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
-    args = GRPOConfig(
-        output_dir=str(out / "checkpoints"),
-        learning_rate=g.learning_rate,
-        max_steps=g.max_steps,
-        num_train_epochs=g.num_train_epochs,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps,
-        num_generations=g.num_generations,
-        steps_per_generation=g.steps_per_generation,
-        num_iterations=g.num_iterations,
-        max_completion_length=g.max_completion_length,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        top_k=g.top_k,
-        loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards,
-        beta=g.beta,
-        epsilon=g.epsilon,
-        epsilon_high=g.epsilon_high,
-        mask_truncated_completions=g.mask_truncated_completions,
-        reward_weights=weights,
-        # The clipped ratio assumes pi_old and pi give the same log-probs for the same weights.
-        disable_dropout=True,
-        lr_scheduler_type=g.lr_scheduler_type,
-        warmup_steps=g.warmup_steps,
-        weight_decay=g.weight_decay,
-        max_grad_norm=g.max_grad_norm,
-        gradient_checkpointing=g.gradient_checkpointing,
-        bf16=bf16,
-        use_cpu=use_cpu,
-        seed=g.seed,
-        data_seed=g.seed,
-        logging_steps=g.logging_steps,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit,
-        report_to=[r for r in g.report_to if r != "none"],
-        log_completions=g.log_completions,
-        use_vllm=backend == "vllm",
-        vllm_mode="colocate",
-        vllm_gpu_memory_utilization=gen.vllm_gpu_memory_utilization,
-        vllm_max_model_length=gen.vllm_max_model_length or g.max_prompt_length + g.max_completion_length,
-        vllm_tensor_parallel_size=gen.vllm_tensor_parallel_size,
-        vllm_enable_sleep_mode=gen.vllm_enable_sleep_mode,
-        vllm_importance_sampling_correction=gen.vllm_importance_sampling_correction,
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-    )
+        prepare_cpu_vllm(cfg.generation.vllm_cpu_kvcache_gb)
+    # The reward functions (a reward model among them) load before the trainer's arguments exist: those
+    # switch on ZeRO-3's partitioned load, which a reward model used for inference only must not get. Their
+    # max_completion_length comes from the validated config, which touches no device.
+    planned = training_args(cfg, out, processes=world_size(), backend=backend)
+    reward_funcs, _ = build_reward_functions(cfg.rewards, planned.max_completion_length, cfg.model, use_cpu)
+    args = training_args(cfg, out, backend=backend)
     # Created after the trainer's arguments, which switch on ZeRO-3's partitioned load (see train_sft).
     model = load_pretrained(
         AutoModelForCausalLM,
         cfg.model.path,
-        dtype=torch_dtype(cfg.model.dtype, bf16),
-        attn_implementation=resolve_attention(g.attn_implementation, use_cpu),
+        dtype=torch_dtype(cfg.model.dtype, args.bf16),
+        attn_implementation=resolve_attention(cfg.train.attn_implementation, use_cpu),
         trust_remote_code=cfg.model.trust_remote_code,
         quantize_4bit=cfg.peft.method == "qlora",
     )
@@ -194,7 +212,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.peft, task_type="CAUSAL_LM"),
     )
-    trainer.early_stop_imp_ratio = g.early_stop_imp_ratio
+    trainer.early_stop_imp_ratio = cfg.train.early_stop_imp_ratio
     # Logged as rewards/<registry name>/mean (TRL would name a model by its directory).
     trainer.reward_func_names = list(cfg.rewards.weights)
     return trainer
@@ -220,7 +238,7 @@ def save_outputs(
     if not trainer.is_world_process_zero():
         return dirs
     if cfg.peft.method != "none" and cfg.peft.merge:
-        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.grpo.bf16, resolve_use_cpu(cfg.use_cpu)))
+        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
         merge_adapter(
             cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
         )
@@ -250,17 +268,18 @@ def summarise(log_history: list[dict[str, Any]], reward_names: list[str]) -> dic
 def run(cfg: GRPOStageConfig) -> Manifest:
     started = time.time()
     out = Path(cfg.output_dir)
-    # 1. Inputs: everything checkable without a model fails here.
+    # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
+    args = training_args(cfg, out, processes=world_size())
     model_dir = require_model_dir(cfg.model.path, "model")
     if cfg.rewards.reward_model:
         require_model_dir(cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)")
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)
-    prepared, identities = prepare(cfg.data, renderer, cfg.grpo.max_prompt_length, cfg.grpo.seed)
+    prepared, identities = prepare(cfg.data, renderer, cfg.train.max_prompt_length, args.seed)
     log.info(
         "grpo: first prompt as given to the policy:\n%s", renderer.prompt(prepared.examples[0]["question"])
     )
-    check_prompts(prepared, cfg, world_size())
+    check_prompts(prepared, cfg, args)
     inputs = {"model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]), **identities}
     if cfg.rewards.reward_model:
         rm_dir = Path(cfg.rewards.reward_model_path)

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from core.config import CONF_DIR, write_resolved_config
 from core.stages import stage as registered
 from pipeline.config import PipelineConfig
-from pipeline.run import Step, launched
+from pipeline.run import Step, launched, trl_section
 
 PLAN_DIR = "plan"
 
@@ -106,7 +106,7 @@ def data_work(cfg: Any, procs: int) -> Work:
 
 
 def sft_work(cfg: Any, procs: int) -> Work:
-    h = cfg.sft
+    h = trl_section("train_sft", cfg, procs)  # TRL's config: its defaults where `sft` is silent
     data = " + ".join(f"{short(d.path, cfg.run_dir)} x{d.weight:g}" for d in cfg.data)
     return Work(
         f"{training(h, procs, 'sequences', 'the SFT records')}, each <= {h.max_length:,} "
@@ -115,7 +115,7 @@ def sft_work(cfg: Any, procs: int) -> Work:
 
 
 def rm_work(cfg: Any, procs: int) -> Work:
-    h = cfg.rm
+    h = trl_section("reward_model", cfg, procs)  # TRL's config: its defaults where `rm` is silent
     extra = "".join(f" + {short(p, cfg.run_dir)}" for p in cfg.extra_pairs)
     return Work(
         f"{training(h, procs, 'pairs', 'the pairs')}, each <= {h.max_length:,} tokens; "
@@ -185,7 +185,7 @@ def evaluate_work(cfg: Any, procs: int) -> Work:
 def grpo_work(cfg: Any, procs: int) -> Work:
     """Completions an optimizer step trains on: per device x accumulation x processes; each generation
     batch is trained on num_iterations times, so it generates that many fewer."""
-    h = cfg.grpo
+    h = trl_section("grpo", cfg, procs)  # TRL's config: its defaults where `grpo` is silent
     per_step = h.per_device_train_batch_size * h.gradient_accumulation_steps * procs
     group = f"{per_step // h.num_generations} prompts x {h.num_generations}"
     cap = f"<= {h.max_completion_length:,} new tokens"

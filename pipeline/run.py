@@ -240,8 +240,10 @@ def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
     return out
 
 
-def compose_all(steps: list[Step]) -> None:
-    """Compose and type every stage's config up front: a typo or a bad value fails before any work."""
+def compose_all(steps: list[Step], cfg: PipelineConfig | None = None) -> None:
+    """Compose and type every stage's config up front, then have TRL check each training step's TRL section
+    (`trl_section`): a typo or a bad value fails before any work. `cfg` says how many processes each
+    training step is launched with (launcher, accelerate_config); without it, one each."""
     for step in steps:
         try:
             step.cfg = to_typed(compose(step.stage, step.overrides), stage(step.stage).load_schema())
@@ -249,6 +251,39 @@ def compose_all(steps: list[Step]) -> None:
             raise ValueError(
                 f"pipeline step {step.name}: conf/{step.stage}.yaml {step.overrides}: {e}"
             ) from e
+    for step in steps:
+        if step.stage in TRL_SECTIONS:
+            from pipeline.dry_run import processes  # imports this module: not at the top
+
+            n = processes(cfg, step.stage) if cfg is not None else 1
+            try:
+                trl_section(step.stage, step.cfg, n)
+            except Exception as e:
+                raise ValueError(
+                    f"pipeline step {step.name} ({n} process{'es' if n > 1 else ''}): {e}"
+                ) from e
+
+
+# Training stage -> the function building its TRL config from its composed config (validated for N processes).
+TRL_SECTIONS = {
+    "train_sft": "train_sft.stage:training_args",
+    "reward_model": "reward_model.stage:training_args",
+    "grpo": "grpo.stage:training_args",
+}
+
+
+def trl_section(stage_name: str, cfg: Any, processes: int) -> Any:
+    """What a training stage checks at its door, here before any stage runs: its TRL section built into
+    TRL's config class as the stage will build it from its composed config `cfg`, with `processes` as TRL's
+    world size (the number the step is launched with, not this process's), so TRL's own checks (a name it
+    lacks, GRPO's generation batch not holding whole groups) fail now. Returns that config (the dry run
+    reads its batch sizes). It touches no device and starts no process group; the first call imports trl
+    (~7 s), after every step has composed."""
+    import importlib
+
+    module, _, function = TRL_SECTIONS[stage_name].partition(":")
+    build = getattr(importlib.import_module(module), function)
+    return build(cfg, Path(cfg.output_dir), processes=processes)
 
 
 def launched(cfg: PipelineConfig, s: Stage) -> bool:
@@ -274,7 +309,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if cfg.until not in names:
             raise ValueError(f"until={cfg.until} is not a step of this pipeline; steps: {names}")
         steps = steps[: names.index(cfg.until) + 1]
-    compose_all(steps)
+    compose_all(steps, cfg)
     if cfg.dry_run:
         from pipeline.dry_run import dry_run  # imports this module: not at the top
 

@@ -4,6 +4,9 @@ scoring (`rm_score_schema`, conf/rm_score.yaml)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
 
 from core.config import ModelConfig, PeftConfig, help_field, register_schema
 
@@ -11,48 +14,30 @@ TRUNCATION = ("middle", "drop")
 
 
 @dataclass
-class RMHyperparams:
-    learning_rate: float = help_field(1e-5)
-    num_train_epochs: float = help_field(1.0)
-    max_steps: int = help_field(-1, help="Stop after this many optimizer steps (overrides epochs when > 0).")
-    per_device_train_batch_size: int = help_field(4, help="Pairs per device and step.")
-    gradient_accumulation_steps: int = help_field(4)
-    warmup_steps: float = help_field(0.03, help="Warm-up: steps, or a fraction of all steps when < 1.")
-    lr_scheduler_type: str = help_field("cosine")
-    weight_decay: float = help_field(0.0)
-    max_length: int = help_field(8192, help="Longest scored sequence (prompt + completion) in tokens.")
+class RMOptions:
+    """What reward_model adds to TRL's RewardConfig: how pairs are cut and split, the margin, and how the
+    model is loaded (the stage loads it, not TRL)."""
+
     truncation: str = help_field(
         "middle",
-        help="Pairs over max_length: middle = keep the prompt and the END of the completion (the final answer "
+        help="Pairs over rm.max_length: middle = keep the prompt and the END of the completion (the final answer "
         "sits at the end of an R1 trace), cutting reasoning from the middle | drop.",
     )
     min_completion_tokens: int = help_field(
         64, help="With middle truncation, a prompt leaving fewer completion tokens than this drops the pair."
     )
-    margin: float = help_field(0.0, help="Margin m in -log σ(r_chosen - r_rejected - m).")
-    center_rewards_coefficient: float | None = help_field(
-        None, help="Weight of the reward-centering term (r_chosen + r_rejected)^2 (Eisenstein et al.)."
+    margin: float = help_field(
+        0.0,
+        help="Margin m in -log σ(r_chosen - r_rejected - m) (given to TRL as the pairs' `margin` column).",
     )
     eval_fraction: float = help_field(0.1, help="Share of pairs held out (by id hash) for evaluation.")
-    gradient_checkpointing: bool = help_field(False)
-    attn_implementation: str = help_field("auto")
-    bf16: bool | None = help_field(None, help="bf16 mixed precision; null = on when a GPU supports it.")
-    seed: int = help_field(42)
-    logging_steps: int = help_field(10)
-    eval_steps: int = help_field(100, help="Evaluate on the held-out pairs every N steps (and at the end).")
-    save_steps: int = help_field(200)
-    save_total_limit: int = help_field(2)
-    report_to: list[str] = help_field(["tensorboard"])
+    attn_implementation: str = help_field("auto", help="auto | sdpa | eager | flash_attention_2.")
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
-            raise ValueError(f"rm.truncation must be one of {TRUNCATION}, got '{self.truncation}'")
+            raise ValueError(f"train.truncation must be one of {TRUNCATION}, got '{self.truncation}'")
         if not 0 < self.eval_fraction < 1:
-            raise ValueError(f"rm.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise ValueError("set rm.max_steps > 0 or rm.num_train_epochs > 0")
-        if self.min_completion_tokens >= self.max_length:
-            raise ValueError("rm.min_completion_tokens must be smaller than rm.max_length")
+            raise ValueError(f"train.eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
 
 @dataclass
@@ -70,7 +55,16 @@ class RMStageConfig:
     extra_pairs: list[str] = help_field(
         [], help="More pairs sources added to `pairs` (e.g. the previous round's on-policy pairs)."
     )
-    rm: RMHyperparams = field(default_factory=RMHyperparams)
+    rm: dict[str, Any] = help_field(
+        {},
+        help="Arguments of trl.RewardConfig as TRL names them (learning_rate, max_steps, max_length, eval_steps, "
+        "center_rewards_coefficient, ...; presets in conf/rm/), passed as they are and checked by TRL when the "
+        "stage starts (see train_sft's `sft`). max_length is also where pairs are cut (train.truncation). "
+        "Stage defaults: per_device_eval_batch_size = per_device_train_batch_size, evaluation every eval_steps, "
+        "the first step logged. Set by the stage (refused here): output_dir, use_cpu, "
+        "ddp_find_unused_parameters.",
+    )
+    train: RMOptions = field(default_factory=RMOptions)
     peft: PeftConfig = field(default_factory=lambda: PeftConfig(method="none", merge=False))
     use_cpu: bool | None = help_field(None, hashed=False)
     resume: bool = help_field(True)
@@ -95,9 +89,14 @@ class ScoreConfig:
     use_cpu: bool | None = help_field(None, hashed=False)
     progress: bool = help_field(True, hashed=False)
     force: bool = help_field(
-        False, help="Score again even if the output (or its parts) match this input, config and model.", hashed=False
+        False,
+        help="Score again even if the output (or its parts) match this input, config and model.",
+        hashed=False,
     )
 
 
-register_schema("reward_model_schema", RMStageConfig)
+# `rm` open to any key, as train_sft's `sft` (see train_sft/config.py): TRL's field list decides.
+_schema = OmegaConf.structured(RMStageConfig)
+OmegaConf.set_struct(_schema.rm, False)
+register_schema("reward_model_schema", _schema)
 register_schema("rm_score_schema", ScoreConfig)

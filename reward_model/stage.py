@@ -12,7 +12,6 @@ silently drops pairs over max_length, and here long pairs are truncated in the m
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,9 @@ from core.training import (
     merge_adapter,
     peak_memory_gb,
     resolve_attention,
-    resolve_bf16,
     resolve_use_cpu,
     torch_dtype,
+    trl_args,
     world_size,
 )
 from reward_model.config import RMStageConfig
@@ -56,7 +55,7 @@ def load_reward_model(cfg: RMStageConfig, tokenizer: Any, use_cpu: bool, bf16: b
         AutoModelForSequenceClassification,
         cfg.model.path,
         dtype=torch_dtype(cfg.model.dtype, bf16),
-        attn_implementation=resolve_attention(cfg.rm.attn_implementation, use_cpu),
+        attn_implementation=resolve_attention(cfg.train.attn_implementation, use_cpu),
         trust_remote_code=cfg.model.trust_remote_code,
         quantize_4bit=cfg.peft.method == "qlora",
         config_updates={"num_labels": 1, "pad_token_id": tokenizer.pad_token_id},
@@ -66,50 +65,51 @@ def load_reward_model(cfg: RMStageConfig, tokenizer: Any, use_cpu: bool, bf16: b
     return model
 
 
+def training_args(cfg: RMStageConfig, out: Path, processes: int | None = None) -> Any:
+    """trl.RewardConfig from the `rm` section (core.training.trl_args): validated only, for `processes`
+    launched processes, when `processes` is given (the stage's door, the pipeline's compose), else the one
+    the stage trains with. Its defaults where `rm` is silent: held-out evaluation every eval_steps with the
+    training batch size, the first step logged."""
+    from trl import RewardConfig
+
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    args = trl_args(
+        RewardConfig,
+        cfg.rm,
+        where=f"{STAGE}.rm",
+        output_dir=out,
+        processes=processes,
+        fixed={"use_cpu": (use_cpu, "use the stage's use_cpu")},
+        defaults={
+            "per_device_eval_batch_size": cfg.rm.get(
+                "per_device_train_batch_size", RewardConfig.per_device_train_batch_size
+            ),
+            "eval_strategy": "steps",
+            "logging_first_step": True,
+        },
+    )
+    if not isinstance(args.max_length, int) or cfg.train.min_completion_tokens >= args.max_length:
+        raise ValueError(
+            f"{STAGE}.rm.max_length ({args.max_length}) must be a number of tokens above "
+            f"train.min_completion_tokens ({cfg.train.min_completion_tokens}): pairs are cut to it"
+        )
+    return args
+
+
 def build_trainer(cfg: RMStageConfig, tokenizer: Any, pairs: EncodedPairs, out: Path):
     from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
-    r = cfg.rm
-    use_cpu = resolve_use_cpu(cfg.use_cpu)
-    bf16 = resolve_bf16(r.bf16, use_cpu)
+    margin = cfg.train.margin
 
     def dataset(examples: list[dict[str, Any]]) -> Any:
-        if r.margin:
-            examples = [{**e, "margin": r.margin} for e in examples]
+        if margin:
+            examples = [{**e, "margin": margin} for e in examples]
         return Dataset.from_list(examples)
 
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
-    args = RewardConfig(
-        output_dir=str(out / "checkpoints"),
-        learning_rate=r.learning_rate,
-        num_train_epochs=r.num_train_epochs,
-        max_steps=r.max_steps,
-        per_device_train_batch_size=r.per_device_train_batch_size,
-        per_device_eval_batch_size=r.per_device_train_batch_size,
-        gradient_accumulation_steps=r.gradient_accumulation_steps,
-        warmup_steps=r.warmup_steps,
-        lr_scheduler_type=r.lr_scheduler_type,
-        weight_decay=r.weight_decay,
-        max_length=r.max_length,
-        center_rewards_coefficient=r.center_rewards_coefficient,
-        gradient_checkpointing=r.gradient_checkpointing,
-        bf16=bf16,
-        use_cpu=use_cpu,
-        seed=r.seed,
-        data_seed=r.seed,
-        logging_steps=r.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps",
-        eval_steps=r.eval_steps,
-        save_strategy="steps",
-        save_steps=r.save_steps,
-        save_total_limit=r.save_total_limit,
-        report_to=[x for x in r.report_to if x != "none"],
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-    )
+    args = training_args(cfg, out)
     # Created after the trainer's arguments, which switch on ZeRO-3's partitioned load (see train_sft).
-    model = load_reward_model(cfg, tokenizer, use_cpu, bf16)
+    model = load_reward_model(cfg, tokenizer, args.use_cpu, args.bf16)
     return RewardTrainer(
         model=model,
         args=args,
@@ -133,7 +133,7 @@ def save_outputs(cfg: RMStageConfig, trainer: Any, tokenizer: Any, out: Path) ->
     if not trainer.is_world_process_zero():
         return dirs
     if cfg.peft.method != "none":
-        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.rm.bf16, resolve_use_cpu(cfg.use_cpu)))
+        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
         merged = merge_adapter(
             cfg.model.path,
             dirs["adapter"],
@@ -167,7 +167,8 @@ def read_all_pairs(files: list[Path]) -> list[dict[str, Any]]:
 def run(cfg: RMStageConfig) -> Manifest:
     started = time.time()
     out = Path(cfg.output_dir)
-    # 1. Inputs, checked before any model is loaded.
+    # 1. Inputs, checked before any model is loaded, TRL's arguments first.
+    args = training_args(cfg, out, processes=world_size())
     model_dir = require_model_dir(cfg.model.path, "model")
     sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
     tokenizer = load_tokenizer(cfg.model)
@@ -179,15 +180,16 @@ def run(cfg: RMStageConfig) -> Manifest:
     if not cfg.force and is_complete(out, chash, inputs):
         log.info("reward_model: %s is complete for this config and inputs; skipping", out)
         return read_manifest(out)  # type: ignore[return-value]
-    r = cfg.rm
     renderer = chat_renderer(cfg.model, tokenizer)
-    encoder = SequenceEncoder(renderer, r.max_length, r.truncation, r.min_completion_tokens)
+    encoder = SequenceEncoder(
+        renderer, args.max_length, cfg.train.truncation, cfg.train.min_completion_tokens
+    )
     rows = read_all_pairs([file for file, _ in sources])
     first = {side: renderer.text(rows[0]["prompt"], rows[0][side]) for side in ("chosen", "rejected")}
     log.info(
         "reward_model: first pair as scored:\n%s\n---- rejected:\n%s", first["chosen"], first["rejected"]
     )
-    pairs = encode_pairs(rows, encoder, r.eval_fraction, r.seed)
+    pairs = encode_pairs(rows, encoder, cfg.train.eval_fraction, args.seed)
     if is_main_process():
         invalidate(out)
     # 2. Train (resuming), 3. evaluate on the held-out pairs.

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from core.config import CONF_DIR, compose, stage_config_hash, to_typed
-from core.tiny_model import TinyModelStageConfig
 from data_process.config import DataProcessConfig
 from grpo.config import GRPOStageConfig
 from pipeline.config import PipelineConfig
 from reject_sampling.config import EvaluateConfig, RejectSamplingConfig, SampleConfig
 from reward_model.config import RMStageConfig, ScoreConfig
+from tiny_model.config import TinyModelStageConfig
 from train_sft.config import SFTStageConfig
 
 SCHEMAS = {
@@ -135,3 +136,68 @@ def test_hash_ignores_locations_and_worker_counts():
 def test_pipeline_command_line_entries_are_checked(override):
     with pytest.raises(Exception, match="cli_overrides"):
         to_typed(compose("pipeline", [override]), PipelineConfig)
+
+
+# ------------------------------------------------------------------------------------------ TRL sections
+
+# Training stage -> its TRL section (handed to TRL's config class as it is) and its presets' group.
+TRL_SECTIONS = {"train_sft": "sft", "reward_model": "rm", "grpo": "grpo"}
+
+
+def test_composing_a_training_stage_imports_neither_torch_nor_trl():
+    """The TRL sections are mappings, so the schemas need nothing of TRL: composing and typing every training
+    stage's config stays a Hydra + OmegaConf affair (the pipeline composes every step before anything runs)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from core.config import compose, to_typed\n"
+        "from train_sft.config import SFTStageConfig\n"
+        "from reward_model.config import RMStageConfig\n"
+        "from grpo.config import GRPOStageConfig\n"
+        "for name, schema in [('train_sft', SFTStageConfig), ('reward_model', RMStageConfig), "
+        "('grpo', GRPOStageConfig)]:\n"
+        "    to_typed(compose(name), schema)\n"
+        "print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("stage", TRL_SECTIONS)
+def test_trl_sections_take_any_key_and_the_project_sections_stay_checked(stage):
+    """A TRL key no preset lists composes without `+` (TRL's own field list judges it when the stage starts);
+    the project's `train` section is a dataclass, so Hydra still refuses a misspelt key there."""
+    section = TRL_SECTIONS[stage]
+    cfg = to_typed(compose(stage, [f"{section}.torch_empty_cache_steps=7"]), SCHEMAS[stage])
+    assert getattr(cfg, section)["torch_empty_cache_steps"] == 7
+    with pytest.raises(ConfigCompositionException, match="attn_implmentation"):
+        compose(stage, ["train.attn_implmentation=sdpa"])
+
+
+TRL_PRESETS = [
+    (stage, p.stem) for stage, g in TRL_SECTIONS.items() for p in sorted((CONF_DIR / g).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("stage", "option"), TRL_PRESETS)
+@pytest.mark.parametrize("processes", [1, 8])
+def test_every_trl_preset_is_valid_for_trl_with_one_and_eight_processes(stage, option, processes, tmp_path):
+    """Each preset of conf/sft, conf/rm, conf/grpo builds TRL's config as its stage would (validation only:
+    no device, no process group), with 1 process and with the 8 of the GPU accelerate configs."""
+    import importlib
+
+    section = TRL_SECTIONS[stage]
+    cfg = to_typed(compose(stage, [f"{section}={option}", "use_cpu=true"]), SCHEMAS[stage])
+    args = importlib.import_module(f"{stage}.stage").training_args(cfg, tmp_path, processes=processes)
+    assert args.world_size == processes
+    preset = OmegaConf.load(CONF_DIR / section / f"{option}.yaml")[section]
+    # The preset's values reach TRL unchanged, but for what the stage resolves (null = auto, liger only when
+    # installed, report_to without "none").
+    for key, value in preset.items():
+        if value is not None and key not in ("report_to", "packing", "use_liger_kernel"):
+            assert getattr(args, key) == value, key

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from core.artifacts import read_manifest
 from core.chat import ChatRenderer
 from core.config import CONF_DIR, compose, to_typed
+from core.training import TrlArgsError
 from grpo import stage
-from grpo.config import GRPOHyperparams, GRPOStageConfig, check_batch_arithmetic
+from grpo.config import GRPOStageConfig
 from grpo.data import PromptsError, prepare
 from grpo.rewards import (
     REASONING_GYM,
@@ -105,34 +106,64 @@ def test_reasoning_gym_rows_are_scored_by_the_package_scorer():
 # ------------------------------------------------------------------------------------------ config
 
 
-def test_batch_not_divisible_by_num_generations_names_valid_values():
-    with pytest.raises(ValueError) as error:
-        to_typed(
-            compose("grpo", ["grpo.per_device_train_batch_size=30", "grpo.num_generations=8"]),
-            GRPOStageConfig,
-        )
-    message = str(error.value)
-    assert "= 30 completions is not divisible by num_generations 8" in message
-    assert "per_device_train_batch_size in [24, 32, 40]" in message
-    assert "num_generations in [5, 6, 10]" in message
-    # Processes and accumulation count: 3 x 2 processes x 2 steps = 12 is not a multiple of 8.
-    h = GRPOHyperparams(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4)
-    h.per_device_train_batch_size, h.num_generations = 3, 8
+def grpo_args(*overrides: str, processes: int = 1):
+    """The GRPOConfig the stage validates at its door, for `processes` launched processes (no model, no data)."""
+    cfg = to_typed(compose("grpo", ["use_cpu=true", *overrides]), GRPOStageConfig)
+    return stage.training_args(cfg, Path(cfg.output_dir), processes=processes)
+
+
+def test_batch_arithmetic_is_trls_with_the_launched_process_count():
+    """4 completions per device and 8 per group: one process holds half a group, two launched processes a
+    whole one. TRL's own check decides, with the launched count (not the caller's WORLD_SIZE), in TRL's words
+    prefixed with the section."""
+    over = ("grpo.per_device_train_batch_size=4", "grpo.num_generations=8")
+    with pytest.raises(TrlArgsError) as error:
+        grpo_args(*over, processes=1)
+    assert str(error.value) == (
+        "grpo.grpo: trl.GRPOConfig refused its arguments with 1 process: generation_batch_size (4) must be "
+        "divisible by num_generations (8)."
+    )
+    args = grpo_args(*over, processes=2)
+    assert (args.world_size, args.generation_batch_size, args.steps_per_generation) == (2, 8, 1)
+    assert not torch.distributed.is_initialized()  # validating set up no process group
     with pytest.raises(
-        ValueError, match=r"3 x 2 process\(es\) x gradient_accumulation_steps 2 = 12.*\[2, 4, 6\]"
+        TrlArgsError, match=r"with 2 processes: generation_batch_size \(12\) must be divisible"
     ):
-        check_batch_arithmetic(h, processes=2)
+        grpo_args(
+            "grpo.per_device_train_batch_size=3",
+            "grpo.gradient_accumulation_steps=2",
+            "grpo.num_generations=8",
+            processes=2,
+        )
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("grpo.loss_type=ppo", "grpo.loss_type must be one of"),
+        ("grpo.loss_type=ppo", r"grpo\.grpo\.loss_type must be one of"),
         ("grpo.epsilon_high=0.1", "clip-higher widens the upper range"),
-        ("grpo.num_generations=1", "num_generations must be >= 2"),
+        ("grpo.num_generations=1", r"grpo\.grpo: trl\.GRPOConfig refused .*at least 2 generations"),
+        (
+            "grpo.num_generation=4",
+            r"grpo\.grpo\.num_generation: not an argument of trl\.GRPOConfig.*num_generations",
+        ),
+        ("grpo.reward_weights=[1.0]", r"grpo\.grpo\.reward_weights: set by the stage.*rewards\.<name>"),
+        ("grpo.vllm_gpu_memory_utilization=0.5", r"use generation\.vllm_gpu_memory_utilization"),
+        ("rewards.overlong=1.0", r"overlong_buffer \(256\) exceeds grpo\.grpo\.max_completion_length \(64\)"),
+    ],
+)
+def test_trl_section_rejects_bad_values_with_a_fix(override, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_args(override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
         ("rewards.accuracy=0", "every reward weight is 0"),
         ("data.prompts=null", "no prompts"),
         ("generation.backend=sglang", "generation.backend must be one of"),
+        ("train.early_stop_imp_ratio=0.5", r"train\.early_stop_imp_ratio must be > 1"),
     ],
 )
 def test_config_rejects_bad_values_with_a_fix(override, message):
@@ -332,7 +363,7 @@ def test_grpo_raises_the_verifier_reward(main_run, sft_model):
     cfg, manifest = main_run
     tokenizer = load_tokenizer(cfg.model)
     prepared, _ = prepare(
-        cfg.data, chat_renderer(cfg.model, tokenizer), cfg.grpo.max_prompt_length, cfg.grpo.seed
+        cfg.data, chat_renderer(cfg.model, tokenizer), cfg.train.max_prompt_length, cfg.grpo["seed"]
     )
     before = sampled_accuracy(sft_model, prepared.examples, EVAL_SAMPLES)
     after = sampled_accuracy(Path(cfg.output_dir) / "model", prepared.examples, EVAL_SAMPLES)
@@ -445,7 +476,7 @@ def test_early_stop_abandons_micro_batches_whose_importance_ratio_exceeds_the_bo
         "grpo.num_iterations=2",
         "grpo.per_device_train_batch_size=16",
         "grpo.num_generations=4",
-        f"grpo.early_stop_imp_ratio={bound}",
+        f"train.early_stop_imp_ratio={bound}",
     )
     tokenizer = load_tokenizer(cfg.model)
     prepared, _ = prepare(cfg.data, chat_renderer(cfg.model, tokenizer), 128, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ def test_later_rounds_continue_from_the_previous_model_beside_a_matched_control(
     by_name = {s.name: s.cfg for s in steps}
     sft, control = by_name["round_1/sft"], by_name["round_1/sft_control"]
     assert sft.model.path == control.model.path == f"{tmp_path}/round_0/sft/model"
-    assert sft.sft.max_steps == control.sft.max_steps == 77
+    assert sft.sft["max_steps"] == control.sft["max_steps"] == 77
     assert [(d.path, d.weight) for d in sft.data] == [
         (f"{tmp_path}/data", 0.5),
         (f"{tmp_path}/round_0/reject_sampling", 1.0),
@@ -189,13 +190,46 @@ def test_overrides_reach_their_stage_and_typos_fail_before_anything_runs():
     compose_all(steps)
     by_name = {s.name: s.cfg for s in steps}
     assert (
-        by_name["round_0/sft"].sft.learning_rate == 0.003
-        and by_name["round_1/sft"].sft.learning_rate == 0.003
+        by_name["round_0/sft"].sft["learning_rate"] == 0.003
+        and by_name["round_1/sft"].sft["learning_rate"] == 0.003
     )
     assert by_name["round_0/reject_sampling"].sampling.n == 8
     assert by_name["eval/round_0_sft"].sampling.n != 8  # evaluation keeps its own sampling
     with pytest.raises(ValueError, match=r"round_0/sft.*sft\.lrr"):
         compose_all(plan(pipeline_cfg("train_sft.sft.lrr=1")))
+
+
+def test_a_misspelt_trl_key_fails_at_compose_with_the_closest_names():
+    """`train_sft.sft` is TRL's SFTConfig as a mapping: the key composes, and TRL's field list refuses it
+    when the pipeline composes the run, before any stage runs."""
+    with pytest.raises(ValueError) as error:
+        compose_all(plan(pipeline_cfg("train_sft.sft.lerning_rate=1e-3")))
+    assert re.search(
+        r"pipeline step round_0/sft \(1 process\): train_sft\.sft\.lerning_rate: not an argument of "
+        r"trl\.SFTConfig \(TRL [\d.]+\); did you mean learning_rate",
+        str(error.value),
+    ), error.value
+    with pytest.raises(
+        ValueError, match=r"round_0/reward_model .*reward_model\.rm\.use_cpu: set by the stage"
+    ):
+        compose_all(plan(pipeline_cfg("reward_model.rm.use_cpu=true")))
+
+
+def test_trl_checks_grpo_batches_with_the_processes_the_step_is_launched_with(tmp_path):
+    """4 completions per device, groups of 8: under `accelerate launch` with 2 processes a generation batch
+    holds one whole group; launched as one process it holds half of one, and TRL's check fails at compose
+    (this process's own WORLD_SIZE, 1, decides neither)."""
+    over = [f"run_dir={tmp_path}", "grpo.grpo.per_device_train_batch_size=4", "grpo.grpo.num_generations=8"]
+    two = ["launcher=accelerate", "accelerate_config=conf/accelerate/cpu_2proc.yaml"]
+    steps = plan(pipeline_cfg(*over, *two))
+    compose_all(steps, pipeline_cfg(*over, *two))
+    assert next(s for s in steps if s.stage == "grpo").cfg.grpo["per_device_train_batch_size"] == 4
+    with pytest.raises(ValueError) as error:
+        compose_all(plan(pipeline_cfg(*over)), pipeline_cfg(*over))
+    assert str(error.value) == (
+        "pipeline step round_1/grpo (1 process): grpo.grpo: trl.GRPOConfig refused its arguments with 1 "
+        "process: generation_batch_size (4) must be divisible by num_generations (8)."
+    )
 
 
 def test_the_command_line_keeps_section_overrides_apart():
@@ -237,14 +271,14 @@ def test_the_issue_command_keeps_the_presets_sft_and_sampling(tmp_path):
     by_name = {s.name: s.cfg for s in steps}
     long_context = OmegaConf.load(CONF_DIR / "sft" / "long_context.yaml")
     sft = by_name["round_0/sft"]
-    assert (sft.sft.learning_rate, sft.sft.max_length, sft.sft.max_steps) == (
-        long_context.learning_rate,
-        long_context.max_length,
+    assert (sft.sft["learning_rate"], sft.sft["max_length"], sft.sft["max_steps"]) == (
+        long_context.sft.learning_rate,
+        long_context.sft.max_length,
         800,
     )
     assert sft.peft.method == "lora" and sft.model.name == "qwen2.5-1.5b" and sft.model.path == str(tmp_path)
     later = by_name["round_1/sft"].sft  # later rounds: the pipeline's next_round_steps and learning rate
-    assert (later.max_steps, later.learning_rate, later.max_length) == (500, 1e-5, 16384)
+    assert (later["max_steps"], later["learning_rate"], later["max_length"]) == (500, 1e-5, 16384)
     sampling = by_name["round_0/reject_sampling"].sampling
     assert (sampling.backend, sampling.n, sampling.max_new_tokens) == ("auto", 8, 16384)
     # common.model.path goes where the plan sets no path; the preset's model (bf16) stays everywhere.
@@ -259,7 +293,7 @@ def test_a_command_line_choice_of_a_group_replaces_the_presets(tmp_path):
     step = next(s for s in plan(cfg) if s.name == "round_0/sft")
     assert [o for o in step.overrides if override_key(o) == "sft"] == ["sft=tiny"]  # one choice, the last
     compose_all([step])
-    assert (step.cfg.sft.learning_rate, step.cfg.sft.max_steps) == (1e-3, 9)
+    assert (step.cfg.sft["learning_rate"], step.cfg.sft["max_steps"]) == (1e-3, 9)
 
 
 # One dotted override per section, of a key the plan itself never sets: section -> (key, typed value).
@@ -294,7 +328,10 @@ def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def lookup(cfg: Any, dotted: str) -> Any:
-    return reduce(getattr, dotted.split("."), cfg)
+    """A dotted key of a typed config; the TRL sections (`sft`, `rm`, `grpo`) are plain dicts."""
+    return reduce(
+        lambda node, key: node[key] if isinstance(node, dict) else getattr(node, key), dotted.split("."), cfg
+    )
 
 
 def preset_choices(name: str) -> dict[str, list[str]]:

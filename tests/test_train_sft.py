@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.artifacts import read_manifest, write_parquet_atomic
 from core.config import CONF_DIR, compose, to_typed
 from core.models import chat_renderer, load_tokenizer
+from core.training import TrlArgsError
 from tests.conftest import family_model_config, kill_at_checkpoint_then_rerun, offline_env, sft_overrides
 from train_sft import stage
 from train_sft.config import SFTStageConfig
@@ -43,7 +44,9 @@ def stage_command(tmp_path, tiny_model, sft_data, *overrides: str) -> list[str]:
 
 def prepared_for(cfg: SFTStageConfig, tokenizer):
     sources = [resolve_source(s) for s in cfg.data]
-    return prepare(sources, chat_renderer(cfg.model, tokenizer), cfg.sft.max_length, cfg.sft.overlength, 0)
+    return prepare(
+        sources, chat_renderer(cfg.model, tokenizer), cfg.sft["max_length"], cfg.train.overlength, 0
+    )
 
 
 # ------------------------------------------------------------------------------------------ loss mask
@@ -236,7 +239,7 @@ def test_overlength_examples_dropped_or_truncated_and_counted(sft_cfg):
         dropped.stats["examples"] + dropped.stats["dropped_overlength"]
         == dropped.stats["examples_after_mixing"]
     )
-    cfg = sft_cfg("sft.max_length=80", "sft.overlength=truncate")
+    cfg = sft_cfg("sft.max_length=80", "train.overlength=truncate")
     truncated = prepared_for(cfg, tokenizer)
     assert truncated.stats["truncated_overlength"] == dropped.stats["dropped_overlength"]
     assert truncated.stats["examples"] == truncated.stats["examples_after_mixing"]
@@ -295,8 +298,52 @@ def test_impossible_batch_fails_before_model_load(sft_cfg, no_model_load):
 def test_config_rejects_bad_values_with_a_fix():
     with pytest.raises(Exception, match=r"peft\.method must be one of"):
         to_typed(compose("train_sft", ["peft.method=dora"]), SFTStageConfig)
-    with pytest.raises(Exception, match=r"sft\.overlength must be one of"):
-        to_typed(compose("train_sft", ["sft.overlength=cut"]), SFTStageConfig)
+    with pytest.raises(Exception, match=r"train\.overlength must be one of"):
+        to_typed(compose("train_sft", ["train.overlength=cut"]), SFTStageConfig)
+
+
+def test_a_misspelt_trl_key_fails_at_the_stage_door_with_the_closest_names(sft_cfg, no_model_load):
+    """`sft` is TRL's SFTConfig as a mapping: any key composes, and TRL's field list decides at the door."""
+    with pytest.raises(TrlArgsError, match=r"train_sft\.sft\.lerning_rate: not an argument of trl\.SFTConfig.*"
+                       r"did you mean learning_rate"):  # fmt: skip
+        stage.run(sft_cfg("sft.lerning_rate=1e-3"))
+    with pytest.raises(
+        TrlArgsError, match=r"train_sft\.sft\.learning_rate='fast': trl\.SFTConfig\.learning_rate takes float"
+    ):
+        stage.run(sft_cfg("sft.learning_rate=fast"))
+    with pytest.raises(
+        TrlArgsError, match=r"train_sft\.sft: trl\.SFTConfig refused .*cosin is not a valid SchedulerType"
+    ):
+        stage.run(sft_cfg("sft.lr_scheduler_type=cosin"))
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("sft.use_cpu=false", "use the stage's use_cpu"),
+        ("sft.completion_only_loss=false", "always on"),
+        ("sft.output_dir=/elsewhere", "use the stage's output_dir"),
+    ],
+)
+def test_a_trl_key_the_stage_sets_is_refused_with_where_to_set_it(sft_cfg, no_model_load, override, hint):
+    key = override.partition("=")[0]
+    with pytest.raises(TrlArgsError, match=rf"train_sft\.{re.escape(key)}: set by the stage.*{hint}"):
+        stage.run(sft_cfg(override))
+
+
+def test_any_trl_key_reaches_sft_config_and_the_presets_values_are_kept(sft_cfg, tmp_path):
+    """A TRL key no preset lists goes through without `+`; the tiny preset's values and the stage's own
+    choices land in the SFTConfig the trainer gets."""
+    cfg = sft_cfg("sft.neftune_noise_alpha=5", "sft.max_steps=7")
+    args = stage.training_args(cfg, tmp_path)
+    assert (args.neftune_noise_alpha, args.max_steps, args.learning_rate, args.max_length) == (
+        5,
+        7,
+        1e-3,
+        512,
+    )
+    assert args.completion_only_loss and args.use_cpu and not args.packing and args.report_to == []
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.data_seed == args.seed == 42
 
 
 def test_packing_runs_padding_free(sft_cfg):

@@ -14,7 +14,6 @@ think block before it, so the model would learn text it never generates.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,9 @@ from core.training import (
     merge_adapter,
     peak_memory_gb,
     resolve_attention,
-    resolve_bf16,
-    resolve_liger,
     resolve_use_cpu,
     torch_dtype,
+    trl_args,
     world_size,
 )
 from train_sft.config import SFTStageConfig
@@ -53,15 +51,15 @@ log = logging.getLogger(__name__)
 STAGE = "train_sft"
 
 
-def check_batch(n_examples: int, cfg: SFTStageConfig, processes: int) -> None:
-    """A batch configuration that cannot work fails here, before any model is loaded."""
-    s = cfg.sft
-    global_batch = s.per_device_train_batch_size * s.gradient_accumulation_steps * processes
-    if s.packing is not True and n_examples < global_batch:
+def check_batch(n_examples: int, cfg: SFTStageConfig, args: Any) -> None:
+    """A batch configuration that cannot work fails here, before any model is loaded. `args` is the
+    validated SFTConfig (`training_args`), whose world_size is the launched process count."""
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if not args.packing and n_examples < global_batch:
         raise DataError(
             f"{n_examples} examples cannot fill one optimizer step of {global_batch} "
-            f"(per_device_train_batch_size {s.per_device_train_batch_size} × gradient_accumulation_steps "
-            f"{s.gradient_accumulation_steps} × {processes} processes); lower them or add data"
+            f"(per_device_train_batch_size {args.per_device_train_batch_size} × gradient_accumulation_steps "
+            f"{args.gradient_accumulation_steps} × {args.world_size} processes); lower them or add data"
         )
     if cfg.peft.method == "qlora" and cfg.use_cpu is False and not _cuda():
         raise ValueError("peft.method=qlora with use_cpu=false needs a CUDA GPU")
@@ -79,66 +77,61 @@ def to_dataset(prepared: PreparedData):
     return Dataset.from_list(prepared.examples)
 
 
+def training_args(cfg: SFTStageConfig, out: Path, processes: int | None = None) -> Any:
+    """trl.SFTConfig from the `sft` section (core.training.trl_args): validated only, for `processes`
+    launched processes, when `processes` is given (the stage's door, the pipeline's compose), else the one
+    the stage trains with. What the stage fixes: completion_only_loss (the loss covers the trace and the end
+    of turn, see the module docstring) and use_cpu. Its defaults where `sft` is silent: packing by the
+    attention in use (`packing: null` too), padding_free as packing, the first step logged, tokens seen
+    counted without padding (the manifest's tokens/s), progress bars on."""
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    section = dict(cfg.sft)
+    if section.get("packing") is None:
+        section["packing"] = resolve_attention(cfg.train.attn_implementation, use_cpu).startswith(
+            "flash_attention"
+        )
+    args = trl_args(
+        "SFTConfig",
+        section,
+        where=f"{STAGE}.sft",
+        output_dir=out,
+        processes=processes,
+        fixed={
+            "use_cpu": (use_cpu, "use the stage's use_cpu"),
+            "completion_only_loss": (True, "it is always on: the loss covers the trace and the end of turn"),
+        },
+        defaults={
+            "padding_free": section["packing"],
+            "logging_first_step": True,
+            "include_num_input_tokens_seen": "non_padding",
+            "disable_tqdm": False,
+        },
+    )
+    if not isinstance(args.max_length, int):
+        raise ValueError(
+            f"{STAGE}.sft.max_length must be a number of tokens (examples are measured against it)"
+        )
+    return args
+
+
 def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, out: Path):
     """The TRL SFTTrainer for this config (also used by tests to inspect the prepared labels)."""
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    s = cfg.sft
-    use_cpu = resolve_use_cpu(cfg.use_cpu)
-    bf16 = resolve_bf16(s.bf16, use_cpu)
-    attn = resolve_attention(s.attn_implementation, use_cpu)
-    dtype = torch_dtype(cfg.model.dtype, bf16)
-    peft_config = lora_config(cfg.peft, task_type="CAUSAL_LM")
-    packing = s.packing if s.packing is not None else attn.startswith("flash_attention")
-    # transformers 5 reads the tensorboard directory from the environment; keep it beside the outputs, not
-    # inside checkpoints/ (which a finished run deletes).
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
-        learning_rate=s.learning_rate,
-        num_train_epochs=s.num_train_epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.per_device_train_batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        warmup_steps=s.warmup_steps,
-        lr_scheduler_type=s.lr_scheduler_type,
-        weight_decay=s.weight_decay,
-        max_grad_norm=s.max_grad_norm,
-        max_length=s.max_length,
-        truncation_mode="keep_start",
-        packing=packing,
-        padding_free=packing,
-        train_sampling_strategy="group_by_length" if s.group_by_length and not packing else "random",
-        completion_only_loss=True,
-        gradient_checkpointing=s.gradient_checkpointing,
-        use_liger_kernel=resolve_liger(s.use_liger_kernel),
-        bf16=bf16,
-        use_cpu=use_cpu,
-        seed=s.seed,
-        data_seed=s.seed,
-        logging_steps=s.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        report_to=[r for r in s.report_to if r != "none"],
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=s.dataloader_num_workers,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-    )
+    args = training_args(cfg, out)
+    attn = resolve_attention(cfg.train.attn_implementation, args.use_cpu)
     # The model is created after the trainer's arguments: under accelerate + DeepSpeed ZeRO-3 those arguments
     # switch on zero.Init, so from_pretrained partitions the weights at load instead of every rank holding all.
     model = load_pretrained(
         AutoModelForCausalLM,
         cfg.model.path,
-        dtype=dtype,
+        dtype=torch_dtype(cfg.model.dtype, args.bf16),
         attn_implementation=attn,
         trust_remote_code=cfg.model.trust_remote_code,
         quantize_4bit=cfg.peft.method == "qlora",
-        rope_theta=s.rope_theta,
-        max_position_embeddings=s.max_position_embeddings,
+        rope_theta=cfg.train.rope_theta,
+        max_position_embeddings=cfg.train.max_position_embeddings,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -147,7 +140,7 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
         args=args,
         train_dataset=to_dataset(prepared),
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=lora_config(cfg.peft, task_type="CAUSAL_LM"),
     )
 
 
@@ -175,7 +168,7 @@ def save_outputs(
     if not trainer.is_world_process_zero():
         return dirs
     if cfg.peft.method != "none" and cfg.peft.merge:
-        dtype = torch_dtype(cfg.model.dtype, resolve_bf16(cfg.sft.bf16, resolve_use_cpu(cfg.use_cpu)))
+        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
         merge_adapter(
             cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
         )
@@ -191,7 +184,8 @@ def save_outputs(
 def run(cfg: SFTStageConfig) -> Manifest:
     started = time.time()
     out = Path(cfg.output_dir)
-    # 1. Inputs: everything checkable without a model fails here.
+    # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
+    args = training_args(cfg, out, processes=world_size())
     model_dir = require_model_dir(cfg.model.path, "model")
     sources = [resolve_source(s) for s in cfg.data]
     tokenizer = load_tokenizer(cfg.model)
@@ -204,12 +198,12 @@ def run(cfg: SFTStageConfig) -> Manifest:
     if not cfg.force and is_complete(out, chash, inputs):
         log.info("train_sft: %s is complete for this config and inputs; skipping", out)
         return read_manifest(out)  # type: ignore[return-value]
-    prepared = prepare(sources, renderer, cfg.sft.max_length, cfg.sft.overlength, cfg.sft.seed)
+    prepared = prepare(sources, renderer, args.max_length, cfg.train.overlength, args.seed)
     first = preview(prepared.examples[0], tokenizer)
     log.info(
         "train_sft: first example as trained:\n%s\n---- trained tokens:\n%s", first["text"], first["trained"]
     )
-    check_batch(len(prepared.examples), cfg, world_size())
+    check_batch(len(prepared.examples), cfg, args)
     if is_main_process():
         invalidate(out)
     # 2. Model and trainer; 3. train, resuming from the last checkpoint of an interrupted run.
