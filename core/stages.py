@@ -74,10 +74,10 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "evaluate",
-            "reject_sampling.evaluate",
-            "reject_sampling.config:EvaluateConfig",
-            "reject_sampling.evaluate:run",
-            argv="reject_sampling.benchmarks:expand_benchmark_overrides",
+            "evaluation",
+            "evaluation.config:EvaluateConfig",
+            "evaluation.stage:run",
+            argv="evaluation.benchmarks:expand_benchmark_overrides",
         ),
         Stage("grpo", "grpo", "grpo.config:GRPOStageConfig", "grpo.stage:run", training=True),
         Stage(

@@ -86,7 +86,7 @@ def stop_token_ids(tokenizer: Any, model: ModelConfig) -> list[int]:
 def resolve_backend(requested: str) -> str:
     if requested != "auto":
         return requested
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 def _dtype_name(model: ModelConfig, use_cpu: bool) -> str:
@@ -103,7 +103,7 @@ def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
 class HFBackend:
     """transformers `generate`: prompts in batches of `hf_batch_size`, left padded, n samples each."""
 
-    name = "hf"
+    name = "transformers"
 
     def __init__(
         self,

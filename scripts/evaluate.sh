@@ -4,4 +4,4 @@
 # Killed and started again with the same arguments, it continues where it stopped.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
-exec python -m reject_sampling.evaluate "$@"
+exec python -m evaluation "$@"

@@ -16,14 +16,14 @@ from hydra.errors import MissingConfigException
 
 from core.config import CONF_DIR, compose, to_typed
 from core.verifier import verify_batch
-from reject_sampling.benchmarks import (
+from evaluation.benchmarks import (
     BenchmarkError,
     expand_benchmark_overrides,
     known_benchmarks,
     load_benchmark,
     normalise_answer,
 )
-from reject_sampling.config import BenchmarkConfig, EvaluateConfig
+from evaluation.config import BenchmarkConfig, EvaluateConfig
 from reject_sampling.metrics import breakdown_metrics, mean_stderr, sample_metrics
 
 DATA = CONF_DIR.parent / "data" / "benchmarks"
@@ -333,7 +333,7 @@ SCORED = ["id", "prompt", "answer", "sample_idx", "completion", "finish_reason",
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*NAMED, "own_file"])
 def test_evaluation_end_to_end_on_every_benchmark(name, tiny_model, eval_dir, tmp_path):
-    from reject_sampling.evaluate import run
+    from evaluation.stage import run
 
     target = [f"benchmark={name}"]
     if name == "own_file":
@@ -344,7 +344,7 @@ def test_evaluation_end_to_end_on_every_benchmark(name, tiny_model, eval_dir, tm
         target += ["benchmark.problem_field=question", "benchmark.answer_field=gold"]
     cfg = eval_cfg(
         *target, f"run_dir={eval_dir}", f"name={name}", f"model.path={tiny_model['policy']}",
-        "sampling.backend=hf", "sampling.n=2", "sampling.max_new_tokens=6", "prompts.max_prompts=8",
+        "sampling.backend=transformers", "sampling.n=2", "sampling.max_new_tokens=6", "prompts.max_prompts=8",
         "progress=false", "use_cpu=true",
     )  # fmt: skip
     metrics = run(cfg)

@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 
 from core.config import CONF_DIR, compose, stage_config_hash, to_typed
 from data_process.config import DataProcessConfig
+from evaluation.config import EvaluateConfig
 from grpo.config import GRPOStageConfig
 from pipeline.config import PipelineConfig
-from reject_sampling.config import EvaluateConfig, RejectSamplingConfig, SampleConfig
+from reject_sampling.config import RejectSamplingConfig, SampleConfig
 from reward_model.config import RMStageConfig, ScoreConfig
 from tiny_model.config import TinyModelStageConfig
 from train_sft.config import SFTStageConfig

@@ -36,7 +36,6 @@ IMPORTS_TORCH_BEFORE_HELP = {
     "reward_model.score",
     "reject_sampling",
     "reject_sampling.sample",
-    "reject_sampling.evaluate",
     "grpo",
 }
 

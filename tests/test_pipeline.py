@@ -259,7 +259,7 @@ def test_a_later_value_of_a_key_replaces_the_earlier_one():
 
 def test_the_issue_command_keeps_the_presets_sft_and_sampling(tmp_path):
     """`experiment=qwen2.5-1.5b_lora_16k ... train_sft.sft.max_steps=800 reject_sampling.sampling.n=8` once
-    composed round-0 SFT on conf/sft/tiny (lr 1e-3, 512 tokens) and sampled with the hf backend, 128 tokens."""
+    composed round-0 SFT on conf/sft/tiny (lr 1e-3, 512 tokens) and sampled with transformers, 128 tokens."""
     cfg = pipeline_cfg(
         *gpu_preset("qwen2.5-1.5b_lora_16k", tmp_path),
         "train_sft.sft.max_steps=800",
@@ -462,7 +462,7 @@ def test_dry_run_lists_the_benchmark_evaluations_with_their_problems(tmp_path, c
     # The benchmark's own problems (30, under the 100 cap) and its R1 protocol (16 samples, 32k tokens).
     assert line.endswith(
         "bench/grpo/aime24 (evaluate): aime24: 30 problems x 16 samples x <= 32,768 new tokens = <= 15.7M "
-        "tokens; protocol r1 (T 0.6, top-p 0.95); backend hf"
+        "tokens; protocol r1 (T 0.6, top-p 0.95); backend transformers"
     )
     assert "math500: 100 problems x 4 samples" in next(x for x in out if "] bench/grpo/math500 " in x)
     bench = OmegaConf.load(tmp_path / "plan/bench/round_0_sft/math500.yaml")
@@ -594,7 +594,7 @@ SMALL_RUN = [
     "evaluate.prompts.max_prompts=40",
     "grpo.grpo.max_steps=4",
     "grpo.grpo.per_device_train_batch_size=64",  # 8 prompts a step (the default takes 32)
-    "reject_sampling.sampling.backend=hf",
+    "reject_sampling.sampling.backend=transformers",
     "grpo.generation.backend=transformers",  # vLLM colocate on CPU has its own test in test_grpo.py
 ]
 
@@ -661,7 +661,7 @@ FAMILY_RUN = [
     "reject_sampling.prompts.max_prompts=6",
     "reject_sampling.sampling.n=2",
     "reject_sampling.sampling.max_new_tokens=16",
-    "reject_sampling.sampling.backend=hf",
+    "reject_sampling.sampling.backend=transformers",
     "evaluate.prompts.max_prompts=6",
     "evaluate.sampling.n=2",
     "evaluate.sampling.max_new_tokens=16",
@@ -691,7 +691,7 @@ def test_pipeline_end_to_end_on_a_real_tokenizer_family(tmp_path, family_models,
             "benchmarks.prompts.max_prompts=3",
             "benchmarks.sampling.n=2",
             "benchmarks.sampling.max_new_tokens=8",
-            "benchmarks.sampling.backend=hf",
+            "benchmarks.sampling.backend=transformers",
         ]
     cmd = [
         sys.executable, "-m", "pipeline", f"run_dir={tmp_path}", f"model_path={model.path}", f"rounds={rounds}",

@@ -420,7 +420,7 @@ def rs_cfg(run_dir: Path, tiny_model: dict[str, str], *extra: str):
         f"model.path={tiny_model['policy']}",
         f"reward_model.path={tiny_model['reward_model']}",
         "prompts.max_prompts=12",
-        "sampling.backend=hf",
+        "sampling.backend=transformers",
         "sampling.n=2",
         "sampling.max_new_tokens=24",
         "progress=false",
@@ -487,14 +487,14 @@ def test_stage_checks_its_inputs_before_loading_anything(prompt_dir, tiny_model,
 
 @pytest.mark.slow
 def test_evaluate_writes_metrics(prompt_dir, tiny_model):
-    from reject_sampling.config import EvaluateConfig
-    from reject_sampling.evaluate import run
+    from evaluation.config import EvaluateConfig
+    from evaluation.stage import run
 
     over = [
         f"run_dir={prompt_dir}",
         f"model.path={tiny_model['policy']}",
         "name=untrained",
-        "sampling.backend=hf",
+        "sampling.backend=transformers",
         "sampling.n=4",
         "sampling.max_new_tokens=16",
         "prompts.max_prompts=6",

@@ -114,7 +114,7 @@ def sample_cfg(tmp_path: Path, model: str, prompts: Path, *overrides: str) -> Sa
         f"model.path={model}",
         f"prompts.path={prompts}",
         "prompts.split=null",
-        "sampling.backend=hf",
+        "sampling.backend=transformers",
         "sampling.max_new_tokens=40",
         "progress=false",
         "show=0",
@@ -241,6 +241,18 @@ def test_config_rejects_impossible_values():
         to_typed(compose("sample", ["num_shards=2", "shard_index=2"]), SampleConfig)
     with pytest.raises(Exception, match=r"sampling\.top_k must be >= 0"):
         to_typed(compose("sample", ["sampling.top_k=-1"]), SampleConfig)
+
+
+def test_backend_names_are_grpos_and_the_old_hf_name_is_refused():
+    """One name per backend in every stage: sampling's are GRPO's `generation.backend` names. `hf`, the
+    sampling backend's name before it became `transformers`, fails with the valid names, not silently."""
+    from grpo.config import BACKENDS as GRPO_BACKENDS
+    from reject_sampling.config import BACKENDS
+
+    assert BACKENDS == GRPO_BACKENDS
+    assert to_typed(compose("sample", ["sampling=tiny"]), SampleConfig).sampling.backend == "transformers"
+    with pytest.raises(Exception, match=re.escape("one of ('auto', 'vllm', 'transformers'), got 'hf'")):
+        to_typed(compose("sample", ["sampling.backend=hf"]), SampleConfig)
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -416,7 +428,7 @@ def _kill_after_first_part(cmd: list[str], parts: Path, output: Path, timeout: f
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, policy, one_thread):
     prompts = write_prompts(tmp_path / "p.parquet", 30)
-    settings = ["sampling.backend=hf", "sampling.n=2", "chunk_prompts=2"]
+    settings = ["sampling.backend=transformers", "sampling.n=2", "chunk_prompts=2"]
     output = tmp_path / "killed" / "samples.parquet"
     parts = output.with_name(output.name + ".parts")
     cmd = sample_cmd(policy, prompts, output, *settings)
@@ -439,13 +451,13 @@ def test_vllm_cli_greedy_with_lora_matches_transformers(tmp_path, policy, lora, 
     prompts = write_prompts(tmp_path / "p.parquet", 8)
     greedy = ["sampling.n=2", "sampling.temperature=0", f"adapter={lora['adapter']}"]
 
-    def hf_run(name: str, *extra: str) -> pa.Table:
+    def transformers_run(name: str, *extra: str) -> pa.Table:
         return pq.read_table(
             run(sample_cfg(tmp_path, policy, prompts, *greedy, f"output={tmp_path}/{name}.parquet", *extra))
         )
 
     # max_new_tokens = the shortest finished completion, so that both endings are compared when lengths vary.
-    probe = hf_run("probe", "sampling.max_new_tokens=48").to_pylist()
+    probe = transformers_run("probe", "sampling.max_new_tokens=48").to_pylist()
     max_new = min((r["n_tokens"] for r in probe if r["finish_reason"] == "stop"), default=48)
     greedy.append(f"sampling.max_new_tokens={max_new}")
     output = tmp_path / "vllm.parquet"
@@ -459,12 +471,13 @@ def test_vllm_cli_greedy_with_lora_matches_transformers(tmp_path, policy, lora, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generation backend: vllm" in done.stdout
-    hf, vllm = hf_run("hf"), pq.read_table(output)
+    transformers, vllm = transformers_run("transformers"), pq.read_table(output)
     assert vllm.column_names == COLUMNS
     columns = ["id", "sample_idx", "completion", "finish_reason", "n_tokens"]
-    assert vllm.select(columns).to_pylist() == hf.select(columns).to_pylist()
+    assert vllm.select(columns).to_pylist() == transformers.select(columns).to_pylist()
     base = run(sample_cfg(tmp_path, policy, prompts, *greedy[:2], f"output={tmp_path}/base.parquet"))
-    assert pq.read_table(base).column("completion") != hf.column("completion")  # the adapter was applied
+    # The adapter was applied.
+    assert pq.read_table(base).column("completion") != transformers.column("completion")
 
 
 VLLM_BACKEND_SCRIPT = """
@@ -493,7 +506,7 @@ print("RESULT", json.dumps(out))
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_backend_greedy_matches_hf_and_seeds_follow_the_prompt(tmp_path, policy, one_thread):
+def test_vllm_backend_greedy_matches_transformers_and_seeds_follow_the_prompt(tmp_path, policy, one_thread):
     from dataclasses import astuple
 
     from core.config import ModelConfig
@@ -516,8 +529,8 @@ def test_vllm_backend_greedy_matches_hf_and_seeds_follow_the_prompt(tmp_path, po
     model = ModelConfig(path=policy)
     tokenizer = load_tokenizer(model)
     questions = [f"What is {i} + {2 * i + 1}? Show every step of the computation." for i in range(8)]
-    hf = HFBackend(model, SamplingConfig(n=2, temperature=0, max_new_tokens=20), tokenizer)
-    expected = hf.generate(
+    transformers = HFBackend(model, SamplingConfig(n=2, temperature=0, max_new_tokens=20), tokenizer)
+    expected = transformers.generate(
         render_prompts(chat_renderer(model, tokenizer), questions), [f"p{i}" for i in range(8)]
     )
     assert result["greedy"] == [[list(astuple(c)) for c in cs] for cs in expected]

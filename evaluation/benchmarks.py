@@ -1,9 +1,9 @@
 """Benchmarks for evaluation: standard math test sets (data/benchmarks/), one's own JSONL file, or
 reasoning-gym generators, loaded into one shape and checked before any model loads.
 
-    python -m reject_sampling.evaluate benchmark=math500 model.path=...      # conf/benchmark/math500.yaml
-    python -m reject_sampling.evaluate benchmark=my_set.jsonl benchmark.answer_field=final model.path=...
-    python -m reject_sampling.evaluate benchmark=reasoning_gym model.path=...
+    python -m evaluation benchmark=math500 model.path=...    # conf/benchmark/math500.yaml
+    python -m evaluation benchmark=my_set.jsonl benchmark.answer_field=final model.path=...
+    python -m evaluation benchmark=reasoning_gym model.path=...
 
 Decisions:
 - Gold answers are normalised once, here (`normalise_answer`): GSM8K's rationale becomes the number after
@@ -21,9 +21,9 @@ Decisions:
   the metadata); the gold shown in scored.parquet is the entry's `answer`.
 - `benchmark=FILE.jsonl` on the command line: a Hydra group choice names a config file in conf/benchmark/,
   so a path cannot be one. `expand_benchmark_overrides` rewrites it to `benchmark=file benchmark.path=FILE`
-  before Hydra parses the command line (evaluate's `__main__` calls it; the pipeline can too), so the
-  file option keeps its default protocol, its field names stay under `benchmark.` and everything else is
-  composed and validated by Hydra as usual. The alternatives were a second key (`benchmark_file=`: two
+  before Hydra parses the command line (it is the `evaluate` stage's argv hook in core.stages, so `python -m
+  evaluation` calls it; the pipeline can too), so the file option keeps its default protocol, its field
+  names stay under `benchmark.` and everything else is composed and validated by Hydra as usual. The alternatives were a second key (`benchmark_file=`: two
   spellings of one thing, and the field names would live outside the benchmark node) or a Hydra config
   source plugin that synthesises a config for any path (machinery for one argument).
 """
@@ -42,7 +42,7 @@ import grpo.rewards  # noqa: F401  registers the reasoning_gym verifier in core.
 from core.artifacts import atomic_path
 from core.config import CONF_DIR
 from core.verifier import verify_batch
-from reject_sampling.config import BenchmarkConfig
+from evaluation.config import BenchmarkConfig
 
 BENCHMARK_DIR = CONF_DIR / "benchmark"
 FILE_OPTION = "file"  # conf/benchmark/file.yaml: a JSONL file given by path

@@ -1,11 +1,11 @@
-"""Evaluation: the rejection-sampling stage's sampling and verification on held-out prompts or a benchmark.
+"""Evaluation: sampling and verification on held-out prompts or a benchmark, → metrics.
 
-    python -m reject_sampling.evaluate name=round_0_sft model.path=runs/default/round_0/sft/model
-    python -m reject_sampling.evaluate name=final sampling.n=16 use_reward_model=true \
+    python -m evaluation name=round_0_sft model.path=runs/default/round_0/sft/model
+    python -m evaluation name=final sampling.n=16 use_reward_model=true \
         reward_model.path=runs/default/round_1/reward_model/model prompts.path=my_questions.jsonl prompts.split=null
-    python -m reject_sampling.evaluate name=r1_math500 benchmark=math500 sampling=default model.path=/models/x
-    python -m reject_sampling.evaluate benchmark=aime24 protocol=greedy model.path=/models/x
-    python -m reject_sampling.evaluate benchmark=my_set.jsonl benchmark.problem_field=question model.path=...
+    python -m evaluation name=r1_math500 benchmark=math500 sampling=default model.path=/models/x
+    python -m evaluation benchmark=aime24 protocol=greedy model.path=/models/x
+    python -m evaluation benchmark=my_set.jsonl benchmark.problem_field=question model.path=...
 
 Writes `runs/<run>/eval/<name>/`: samples.parquet (+ greedy.parquet), scored.parquet, metrics.json,
 metrics.md and the manifest (+ benchmark.jsonl, the benchmark's problems and normalised golds as sampled).
@@ -14,10 +14,21 @@ standard error over prompts, pass@k, maj@k, best-of-N by reward model (with use_
 accuracy (with greedy=true), truncation rate and completion lengths; a benchmark adds its name, protocol and
 size, and by_<field> breakdowns (MATH-500: by_subject, by_level).
 
-A benchmark (reject_sampling.benchmarks) is loaded and every gold checked with the verifier before a model
+A benchmark (evaluation.benchmarks) is loaded and every gold checked with the verifier before a model
 loads, then written as a prompt file in the output directory that sample.py samples like any other; so
 sampling, resuming and the manifest's input identity work as for held-out prompts, and `prompts.max_prompts`
 still caps the problems (the first N).
+
+What this reuses from reject_sampling, and why it stays there: evaluation is the rejection-sampling stage's
+sample → verify → (reward-model) score, with metrics at the end instead of a selection. So it calls the same
+steps, reject_sampling.scoring (draw_samples through sample.py, verify_samples, score_with_reward_model,
+check_inputs, restart_if_changed, the table helpers), and samples with the same `SamplingConfig` and reads
+prompts through the same `PromptSource` (reject_sampling.config): a pass@1 here measures exactly the decoding
+that made the training data, and a fix to either stage's sampling or scoring is a fix to both. The metrics
+(reject_sampling.metrics: pass@k, maj@k, best-of-N) stay in reject_sampling too, because the
+rejection-sampling stage reports the same numbers on its own samples (`sample_metrics`), and scoring uses its
+`answer_key`. Only what no other stage uses lives here: this run function, the benchmarks
+(evaluation.benchmarks) and their config (evaluation.config).
 """
 
 from __future__ import annotations
@@ -31,12 +42,9 @@ import pandas as pd
 from core.artifacts import describe_file, write_json_atomic
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
-from reject_sampling.benchmarks import (
-    Benchmark,
-    load_benchmark,
-    write_prompts,
-)
-from reject_sampling.config import EvaluateConfig, PromptSource
+from evaluation.benchmarks import Benchmark, load_benchmark, write_prompts
+from evaluation.config import EvaluateConfig
+from reject_sampling.config import PromptSource
 from reject_sampling.metrics import breakdown_metrics, metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
@@ -162,9 +170,3 @@ def run(cfg: EvaluateConfig) -> dict:
     )  # fmt: skip
     stage.finish(outputs, metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    from core.stages import main
-
-    main("evaluate")  # with benchmark=FILE.jsonl rewritten first (see benchmarks.py)
