@@ -79,21 +79,20 @@ class StageRun:
         metrics: dict[str, Any] | None = None,
         dirs: dict[str, Path] | None = None,
     ) -> Manifest:
-        """config.yaml, then the manifest (last). `dirs` (saved models) are listed file by file."""
-        listed = dict(outputs or {})
-        if dirs:
-            listed.update(describe_dirs(dirs, self.out))
+        """config.yaml, then the manifest (last). `dirs` (saved models) are listed file by file. On another
+        rank than the main one nothing is written or hashed: the manifest returned has no outputs."""
         manifest = Manifest(
             stage=self.stage,
             round=self.round,
             config_hash=self.config_hash,
             config=to_dict(self.cfg),
             inputs=self.inputs,
-            outputs=listed,
             metrics=metrics or {},
             started_at=self.started_at,
         )
-        if is_main_process():
-            write_resolved_config(self.out, self.cfg)
-            write_manifest(self.out, manifest)
+        if not is_main_process():
+            return manifest
+        manifest.outputs = {**(outputs or {}), **(describe_dirs(dirs, self.out) if dirs else {})}
+        write_resolved_config(self.out, self.cfg)
+        write_manifest(self.out, manifest)
         return manifest

@@ -33,13 +33,11 @@ from typing import Any
 
 import torch
 
-from core.config import world_size  # also re-exported: the stages import it from here
+from core.artifacts import Manifest
+from core.config import world_size, write_resolved_config  # world_size: also re-exported to the stages
+from core.lifecycle import StageRun, is_main_process
 
 log = logging.getLogger(__name__)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_use_cpu(use_cpu: bool | None) -> bool:
@@ -253,35 +251,71 @@ def merge_adapter(
     return merged
 
 
-def finish_training_stage(
-    out: Path,
+def save_for_serving(
     cfg: Any,
-    dirs: dict[str, Path],
+    trainer: Any,
+    tokenizer: Any,
+    out: Path,
+    model_cls: Any,
     *,
-    stage: str,
-    cfg_hash: str,
-    inputs: dict[str, str],
-    metrics: dict[str, Any],
-    started_at: float,
-) -> Any:
-    """The end of every training stage: list the saved model files, write config + manifest (last), then
-    drop the checkpoints, which a finished run no longer needs to resume (unless `keep_checkpoints`)."""
-    from core.artifacts import describe_dirs
-    from core.config import finish_stage
+    end_of_turn_id: int | None = None,
+    merge: bool | None = None,
+    **merge_kwargs: Any,
+) -> dict[str, Path]:
+    """What every training stage saves: adapter/ (LoRA, QLoRA) and model/ (the full model, or the adapter
+    merged into a full-precision copy of the base when `merge`, default `peft.merge`), each with safetensors,
+    the tokenizer and its chat template, and model/ with train_config.yaml.
 
-    manifest = finish_stage(
-        out,
-        cfg,
-        stage=stage,
-        round=cfg.round,
-        cfg_hash=cfg_hash,
-        inputs=inputs,
-        outputs=describe_dirs(dirs, out),
-        metrics=metrics,
-        started_at=started_at,
-    )
-    if not cfg.keep_checkpoints:
-        remove_dir(out / "checkpoints")
+    `trainer.save_model` runs on every rank (it gathers ZeRO-3 shards); merging runs on the main process from
+    the saved adapter, so it works for QLoRA and ZeRO-3 alike. A causal LM (`end_of_turn_id` given) gets a
+    generation config that stops at the end of turn; a reward model only its pad id.
+    """
+    full = cfg.peft.method == "none"
+    merge = cfg.peft.merge if merge is None else merge
+    model_dir = out / "model"
+    dirs: dict[str, Path] = {}
+    if full:
+        trainer.save_model(str(model_dir))
+        dirs["model"] = model_dir
+    else:
+        dirs["adapter"] = out / "adapter"
+        trainer.save_model(str(dirs["adapter"]))
+        if merge:
+            dirs["model"] = model_dir
+    if not trainer.is_world_process_zero() or "model" not in dirs:
+        return dirs
+    if not full:
+        dtype = torch_dtype(cfg.model.dtype, bool(trainer.args.bf16))
+        merge_adapter(
+            cfg.model.path,
+            dirs["adapter"],
+            model_dir,
+            dtype,
+            model_cls,
+            vocab_size=len(tokenizer),
+            **merge_kwargs,
+        )
+    if end_of_turn_id is not None:
+        finalize_model_dir(model_dir, tokenizer, end_of_turn_id)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        config.pad_token_id = tokenizer.pad_token_id
+        config.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    # A pickle beside the weights is nothing a serving stack needs, and loading it means unpickling.
+    (model_dir / "training_args.bin").unlink(missing_ok=True)
+    write_resolved_config(model_dir, cfg, name="train_config.yaml")
+    return dirs
+
+
+def finish_training(stage: StageRun, cfg: Any, dirs: dict[str, Path], metrics: dict[str, Any]) -> Manifest:
+    """The end of every training stage: the saved model files listed in the manifest (written last), then
+    the checkpoints dropped, which a finished run no longer needs to resume (unless `keep_checkpoints`)."""
+    manifest = stage.finish(dirs=dirs, metrics=metrics)
+    if is_main_process() and not cfg.keep_checkpoints:
+        remove_dir(stage.out / "checkpoints")
     return manifest
 
 

@@ -23,28 +23,23 @@ import torch
 
 from core.artifacts import (
     Manifest,
-    fingerprint_files,
-    invalidate,
-    is_complete,
-    read_manifest,
+    fingerprint_dir,
     write_json_atomic,
 )
-from core.chat import ChatRenderer
-from core.config import stage_config_hash, write_resolved_config
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     TrlArgsError,
-    finalize_model_dir,
-    finish_training_stage,
+    finish_training,
     is_main_process,
     last_checkpoint,
     load_pretrained,
     lora_config,
     loss_summary,
-    merge_adapter,
     peak_memory_gb,
     resolve_attention,
     resolve_use_cpu,
+    save_for_serving,
     torch_dtype,
     trl_args,
     world_size,
@@ -218,38 +213,6 @@ def build_trainer(
     return trainer
 
 
-def save_outputs(
-    cfg: GRPOStageConfig, trainer: Any, tokenizer: Any, renderer: ChatRenderer, out: Path
-) -> dict[str, Path]:
-    """model/ (merged for LoRA/QLoRA, into a full-precision copy of the start model) and adapter/:
-    safetensors, tokenizer, chat template, a generation config that stops at end of turn, train_config.yaml."""
-    from transformers import AutoModelForCausalLM
-
-    dirs: dict[str, Path] = {}
-    model_dir = out / "model"
-    if cfg.peft.method == "none":
-        trainer.save_model(str(model_dir))
-        dirs["model"] = model_dir
-    else:
-        dirs["adapter"] = out / "adapter"
-        trainer.save_model(str(dirs["adapter"]))
-        if cfg.peft.merge:
-            dirs["model"] = model_dir
-    if not trainer.is_world_process_zero():
-        return dirs
-    if cfg.peft.method != "none" and cfg.peft.merge:
-        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
-        merge_adapter(
-            cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
-        )
-    if "model" in dirs:
-        finalize_model_dir(model_dir, tokenizer, renderer.eot_id)
-        tokenizer.save_pretrained(model_dir)
-        (model_dir / "training_args.bin").unlink(missing_ok=True)
-        write_resolved_config(model_dir, cfg, name="train_config.yaml")
-    return dirs
-
-
 def summarise(log_history: list[dict[str, Any]], reward_names: list[str]) -> dict[str, Any]:
     """Per-step curves of the rewards (one per function) and of the other logged quantities."""
     keys = [f"rewards/{n}/mean" for n in reward_names] + list(CURVES)
@@ -266,7 +229,8 @@ def summarise(log_history: list[dict[str, Any]], reward_names: list[str]) -> dic
 
 
 def run(cfg: GRPOStageConfig) -> Manifest:
-    started = time.time()
+    from transformers import AutoModelForCausalLM
+
     out = Path(cfg.output_dir)
     # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
     args = training_args(cfg, out, processes=world_size())
@@ -280,16 +244,12 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         "grpo: first prompt as given to the policy:\n%s", renderer.prompt(prepared.examples[0]["question"])
     )
     check_prompts(prepared, cfg, args)
-    inputs = {"model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]), **identities}
+    inputs = {"model": fingerprint_dir(model_dir), **identities}
     if cfg.rewards.reward_model:
-        rm_dir = Path(cfg.rewards.reward_model_path)
-        inputs["reward_model"] = fingerprint_files([p for p in rm_dir.iterdir() if p.is_file()])
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("grpo: %s is complete for this config and inputs; skipping", out)
-        return read_manifest(out)  # type: ignore[return-value]
-    if is_main_process():
-        invalidate(out)
+        inputs["reward_model"] = fingerprint_dir(cfg.rewards.reward_model_path)
+    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    if (done := stage.begin()) is not None:
+        return done
     # 2. Policy, reward functions, trainer; 3. train, resuming from the last checkpoint of a killed run.
     backend = resolve_backend(cfg.generation.backend)
     trainer = build_trainer(cfg, tokenizer, prepared, out, backend)
@@ -298,13 +258,14 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         log.info("grpo: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     # 4. Save for serving.
-    dirs = save_outputs(cfg, trainer, tokenizer, renderer, out)
+    dirs = save_for_serving(
+        cfg, trainer, tokenizer, out, AutoModelForCausalLM, end_of_turn_id=renderer.eot_id
+    )
     trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return Manifest(stage=STAGE, config_hash=chash, config={})
     state = trainer.state
     # Every logged step (rewards per function, lengths, clip ratios, entropy, ...) beside the tensorboard files.
-    write_json_atomic(out / "logs" / "log_history.json", state.log_history)
+    if is_main_process():
+        write_json_atomic(out / "logs" / "log_history.json", state.log_history)
     dirs["logs"] = out / "logs"
     metrics = {
         **summarise(state.log_history, trainer.reward_func_names),
@@ -314,15 +275,13 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         "backend": backend,
         "global_step": state.global_step,
         "resumed_from": resume_from,
-        "train_runtime_s": round(result.metrics.get("train_runtime", time.time() - started), 2),
+        "train_runtime_s": round(result.metrics.get("train_runtime", time.time() - stage.started_at), 2),
         "peak_memory": peak_memory_gb(),
         "processes": world_size(),
         "data": prepared.stats,
         "preview": {"prompt": renderer.prompt(prepared.examples[0]["question"])},
     }
-    manifest = finish_training_stage(
-        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
-    )
+    manifest = finish_training(stage, cfg, dirs, metrics)
     reward = metrics["curves"].get("reward", {})
     log.info(
         "grpo: %d steps (%s generation), reward %.3f -> %.3f (first/last tenth); model in %s",

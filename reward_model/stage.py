@@ -12,24 +12,22 @@ silently drops pairs over max_length, and here long pairs are truncated in the m
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import Manifest, fingerprint_files, invalidate, is_complete, read_manifest
-from core.config import stage_config_hash, write_resolved_config
+from core.artifacts import Manifest, fingerprint_dir
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
-    finish_training_stage,
-    is_main_process,
+    finish_training,
     last_checkpoint,
     load_pretrained,
     lora_config,
     loss_summary,
-    merge_adapter,
     peak_memory_gb,
     resolve_attention,
     resolve_use_cpu,
+    save_for_serving,
     torch_dtype,
     trl_args,
     world_size,
@@ -120,37 +118,6 @@ def build_trainer(cfg: RMStageConfig, tokenizer: Any, pairs: EncodedPairs, out: 
     )
 
 
-def save_outputs(cfg: RMStageConfig, trainer: Any, tokenizer: Any, out: Path) -> dict[str, Path]:
-    """model/ (merged for LoRA): safetensors + tokenizer + chat template + train_config.yaml; adapter/."""
-    from transformers import AutoModelForSequenceClassification
-
-    dirs: dict[str, Path] = {"model": out / "model"}
-    if cfg.peft.method == "none":
-        trainer.save_model(str(dirs["model"]))
-    else:
-        dirs["adapter"] = out / "adapter"
-        trainer.save_model(str(dirs["adapter"]))
-    if not trainer.is_world_process_zero():
-        return dirs
-    if cfg.peft.method != "none":
-        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
-        merged = merge_adapter(
-            cfg.model.path,
-            dirs["adapter"],
-            dirs["model"],
-            dtype,
-            AutoModelForSequenceClassification,
-            vocab_size=len(tokenizer),
-            num_labels=1,
-        )
-        merged.config.pad_token_id = tokenizer.pad_token_id
-        merged.config.save_pretrained(dirs["model"])
-    tokenizer.save_pretrained(dirs["model"])
-    (dirs["model"] / "training_args.bin").unlink(missing_ok=True)
-    write_resolved_config(dirs["model"], cfg, name="train_config.yaml")
-    return dirs
-
-
 def read_all_pairs(files: list[Path]) -> list[dict[str, Any]]:
     """Every source's pairs. A source with none (a round in which no prompt had both a correct and a wrong
     sample) is a valid artifact: a warning, and the reward model trains on the others."""
@@ -165,7 +132,8 @@ def read_all_pairs(files: list[Path]) -> list[dict[str, Any]]:
 
 
 def run(cfg: RMStageConfig) -> Manifest:
-    started = time.time()
+    from transformers import AutoModelForSequenceClassification
+
     out = Path(cfg.output_dir)
     # 1. Inputs, checked before any model is loaded, TRL's arguments first.
     args = training_args(cfg, out, processes=world_size())
@@ -173,13 +141,12 @@ def run(cfg: RMStageConfig) -> Manifest:
     sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
     tokenizer = load_tokenizer(cfg.model)
     inputs = {
-        "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
+        "model": fingerprint_dir(model_dir),
         "pairs": "+".join(identity for _, identity in sources),
     }
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("reward_model: %s is complete for this config and inputs; skipping", out)
-        return read_manifest(out)  # type: ignore[return-value]
+    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    if (done := stage.begin()) is not None:
+        return done
     renderer = chat_renderer(cfg.model, tokenizer)
     encoder = SequenceEncoder(
         renderer, args.max_length, cfg.train.truncation, cfg.train.min_completion_tokens
@@ -190,8 +157,6 @@ def run(cfg: RMStageConfig) -> Manifest:
         "reward_model: first pair as scored:\n%s\n---- rejected:\n%s", first["chosen"], first["rejected"]
     )
     pairs = encode_pairs(rows, encoder, cfg.train.eval_fraction, args.seed)
-    if is_main_process():
-        invalidate(out)
     # 2. Train (resuming), 3. evaluate on the held-out pairs.
     trainer = build_trainer(cfg, tokenizer, pairs, out)
     resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
@@ -200,10 +165,11 @@ def run(cfg: RMStageConfig) -> Manifest:
     result = trainer.train(resume_from_checkpoint=resume_from)
     evaluation = trainer.evaluate()
     # 4. Save.
-    dirs = save_outputs(cfg, trainer, tokenizer, out)
+    # model/ always: rejection sampling and GRPO load the merged scorer (num_labels=1).
+    dirs = save_for_serving(
+        cfg, trainer, tokenizer, out, AutoModelForSequenceClassification, merge=True, num_labels=1
+    )
     trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return Manifest(stage=STAGE, config_hash=chash, config={})
     state = trainer.state
     metrics = {
         "eval_accuracy": evaluation.get("eval_accuracy"),
@@ -223,9 +189,7 @@ def run(cfg: RMStageConfig) -> Manifest:
         "data": pairs.stats,
         "preview": first,
     }
-    manifest = finish_training_stage(
-        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
-    )
+    manifest = finish_training(stage, cfg, dirs, metrics)
     log.info(
         "reward_model: %d steps, held-out pairwise accuracy %.3f, margin %.3f; model in %s",
         state.global_step,

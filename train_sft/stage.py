@@ -20,26 +20,20 @@ from typing import Any
 
 from core.artifacts import (
     Manifest,
-    fingerprint_files,
-    invalidate,
-    is_complete,
-    read_manifest,
+    fingerprint_dir,
 )
-from core.chat import ChatRenderer
-from core.config import stage_config_hash, write_resolved_config
+from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
-    finalize_model_dir,
-    finish_training_stage,
-    is_main_process,
+    finish_training,
     last_checkpoint,
     load_pretrained,
     lora_config,
     loss_summary,
-    merge_adapter,
     peak_memory_gb,
     resolve_attention,
     resolve_use_cpu,
+    save_for_serving,
     torch_dtype,
     trl_args,
     world_size,
@@ -144,45 +138,9 @@ def build_trainer(cfg: SFTStageConfig, tokenizer: Any, prepared: PreparedData, o
     )
 
 
-def save_outputs(
-    cfg: SFTStageConfig, trainer: Any, tokenizer: Any, renderer: ChatRenderer, out: Path
-) -> dict[str, Path]:
-    """adapter/ (LoRA, QLoRA) and model/ (merged or full): safetensors, tokenizer, chat template, config.
-
-    `trainer.save_model` runs on every rank (it gathers ZeRO-3 shards); merging runs on the main process
-    from the saved adapter and a fresh full-precision copy of the base, so it works for QLoRA and ZeRO-3.
-    """
+def run(cfg: SFTStageConfig) -> Manifest:
     from transformers import AutoModelForCausalLM
 
-    dirs: dict[str, Path] = {}
-    model_dir = out / "model"
-    if cfg.peft.method == "none":
-        trainer.save_model(str(model_dir))
-        dirs["model"] = model_dir
-    else:
-        adapter_dir = out / "adapter"
-        trainer.save_model(str(adapter_dir))
-        dirs["adapter"] = adapter_dir
-        if cfg.peft.merge:
-            dirs["model"] = model_dir
-    if not trainer.is_world_process_zero():
-        return dirs
-    if cfg.peft.method != "none" and cfg.peft.merge:
-        dtype = torch_dtype(cfg.model.dtype, trainer.args.bf16)
-        merge_adapter(
-            cfg.model.path, dirs["adapter"], model_dir, dtype, AutoModelForCausalLM, vocab_size=len(tokenizer)
-        )
-    if "model" in dirs:
-        finalize_model_dir(model_dir, tokenizer, renderer.eot_id)
-        tokenizer.save_pretrained(model_dir)
-        # A pickle beside the weights is nothing a serving stack needs, and loading it means unpickling.
-        (model_dir / "training_args.bin").unlink(missing_ok=True)
-        write_resolved_config(model_dir, cfg, name="train_config.yaml")
-    return dirs
-
-
-def run(cfg: SFTStageConfig) -> Manifest:
-    started = time.time()
     out = Path(cfg.output_dir)
     # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
     args = training_args(cfg, out, processes=world_size())
@@ -191,21 +149,18 @@ def run(cfg: SFTStageConfig) -> Manifest:
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)
     inputs = {
-        "model": fingerprint_files([p for p in model_dir.iterdir() if p.is_file()]),
+        "model": fingerprint_dir(model_dir),
         **{f"data_{i}": s.identity for i, s in enumerate(sources)},
     }
-    chash = stage_config_hash(cfg)
-    if not cfg.force and is_complete(out, chash, inputs):
-        log.info("train_sft: %s is complete for this config and inputs; skipping", out)
-        return read_manifest(out)  # type: ignore[return-value]
+    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    if (done := stage.begin()) is not None:
+        return done
     prepared = prepare(sources, renderer, args.max_length, cfg.train.overlength, args.seed)
     first = preview(prepared.examples[0], tokenizer)
     log.info(
         "train_sft: first example as trained:\n%s\n---- trained tokens:\n%s", first["text"], first["trained"]
     )
     check_batch(len(prepared.examples), cfg, args)
-    if is_main_process():
-        invalidate(out)
     # 2. Model and trainer; 3. train, resuming from the last checkpoint of an interrupted run.
     trainer = build_trainer(cfg, tokenizer, prepared, out)
     resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
@@ -213,12 +168,12 @@ def run(cfg: SFTStageConfig) -> Manifest:
         log.info("train_sft: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     # 4. Save for serving.
-    dirs = save_outputs(cfg, trainer, tokenizer, renderer, out)
+    dirs = save_for_serving(
+        cfg, trainer, tokenizer, out, AutoModelForCausalLM, end_of_turn_id=renderer.eot_id
+    )
     trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return Manifest(stage=STAGE, config_hash=chash, config={})
     state = trainer.state
-    runtime = result.metrics.get("train_runtime", time.time() - started)
+    runtime = result.metrics.get("train_runtime", time.time() - stage.started_at)
     metrics = {
         "train_loss": result.training_loss,
         "loss": loss_summary(state.log_history),
@@ -233,9 +188,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
         "data": prepared.stats,
         "preview": first,
     }
-    manifest = finish_training_stage(
-        out, cfg, dirs, stage=STAGE, cfg_hash=chash, inputs=inputs, metrics=metrics, started_at=started
-    )
+    manifest = finish_training(stage, cfg, dirs, metrics)
     log.info(
         "train_sft: %d steps, loss %.4f -> %.4f, %.0f tokens/s; model in %s",
         state.global_step,
