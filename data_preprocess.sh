@@ -10,6 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/scripts/activate.sh"
 # Token lengths are measured with the configured model's tokenizer. Unless another model is named, that is
 # the tiny offline model, so build it first (seconds; skipped when already built).
 if ! printf '%s\n' "$@" | grep -qE '^\+*model(=|\.path=|\.tokenizer_path=)'; then
-  python -m core.tiny_model $(printf '%s\n' "$@" | grep -E '^run_name=' || true)
+  python -m tiny_model $(printf '%s\n' "$@" | grep -E '^run_name=' || true)
 fi
 python -m data_process "$@"

@@ -9,7 +9,7 @@ What it does:
    real-length traces (`SyntheticSpec(verbose_words=N)`: median ~N words per trace, lognormal, 2-4 traces
    per row), written as shards of `--shard-rows` rows; generation time is reported, not counted;
 2. sets up each tokenizer of `--tokenizers` under --work-dir: `tiny` is the tiny model's byte-level BPE
-   (core/tiny_model.py, 384 tokens; or --tiny-dir's), `qwen2.5` the real Qwen2.5-Instruct tokenizer and
+   (tiny_model/model.py, 384 tokens; or --tiny-dir's), `qwen2.5` the real Qwen2.5-Instruct tokenizer and
    chat template vendored in tests/realdata/ (unpacked by tests/families.py, as the tests do). The stage
    only needs a tokenizer, so no model weights are built for it. Both by default, because the tiny
    tokenizer alone says little about a real run: its tiny vocabulary cuts text into ~4x more tokens, which
@@ -109,7 +109,8 @@ def ensure_tokenizer(name: str, work_dir: Path, tiny_dir: str | None = None) -> 
         return policy, {"cached": True, "seconds": 0.0}
     started = time.perf_counter()
     if name == "tiny":
-        from core.tiny_model import TinyModelConfig, build
+        from tiny_model.config import TinyModelConfig
+        from tiny_model.model import build
 
         print(f"building the tiny tokenizer/model into {policy.parent} ...", flush=True)
         policy = Path(build(TinyModelConfig(), policy.parent)["policy"])

@@ -50,7 +50,7 @@ from _common import parse_args, results_path  # bench/, the script's own folder
 NS = (1, 4, 16)
 # --backends name -> (display name, worker kind, prefix caching)
 BACKENDS = {
-    "transformers": ("transformers", "hf", "off"),
+    "transformers": ("transformers", "transformers", "off"),
     "vllm-prefix-on": ("vllm, prefix caching on", "vllm", "on"),
     "vllm-prefix-off": ("vllm, prefix caching off", "vllm", "off"),
 }
@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from core.config import ModelConfig
     from core.models import chat_renderer, load_tokenizer
-    from reject_sampling.backends import HFBackend, VLLMBackend
+    from reject_sampling.backends import TransformersBackend, VLLMBackend
     from reject_sampling.config import SamplingConfig
     from reject_sampling.sample import render_prompts
 
@@ -84,7 +84,7 @@ def worker(args: argparse.Namespace) -> dict:
         temperature=1.0,
         max_new_tokens=args.max_new_tokens,
         enable_prefix_caching=args.prefix_caching == "on",
-        hf_batch_size=args.prompts,
+        transformers_batch_size=args.prompts,
     )
     started = time.perf_counter()
     if args.worker == "vllm":
@@ -98,7 +98,7 @@ def worker(args: argparse.Namespace) -> dict:
             progress=False,
         )
     else:
-        backend = HFBackend(model, sampling, tokenizer, use_cpu=use_cpu)
+        backend = TransformersBackend(model, sampling, tokenizer, use_cpu=use_cpu)
     result: dict = {"startup_s": round(time.perf_counter() - started, 1), "runs": {}}
     backend.sampling = dataclasses.replace(sampling, n=1)
     backend.generate(prompts[:4], ids[:4])  # warm-up
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         default=",".join(BACKENDS),
         help=f"comma-separated, of {', '.join(BACKENDS)} (vLLM ones are skipped where vLLM is not installed)",
     )
-    parser.add_argument("--worker", choices=["hf", "vllm"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["transformers", "vllm"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefix-caching", choices=["on", "off"], default="on", help=argparse.SUPPRESS)
     args = parse_args(parser, argv, SMOKE)
     if args.worker:
@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from core.tiny_model import TinyModelConfig, build
+            from tiny_model.config import TinyModelConfig
+            from tiny_model.model import build
 
             model = build(TinyModelConfig(tokenizer_corpus_problems=500), Path(tmp) / "tiny")["policy"]
         results = {name: run_worker(kind, prefix, model, args) for name, (kind, prefix) in configs.items()}

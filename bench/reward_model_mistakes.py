@@ -35,10 +35,11 @@ import pyarrow.parquet as pq
 from _common import parse_args, results_path  # bench/, the script's own folder
 
 from core.config import compose, to_typed
-from core.tiny_model import TinyModelConfig, build
 from data_process.synthetic import WRONG_KINDS, mistake_pairs
 from reward_model import stage
 from reward_model.config import RMStageConfig
+from tiny_model.config import TinyModelConfig
+from tiny_model.model import build
 
 SMOKE = {"pairs": 60, "steps": 3}
 

@@ -46,7 +46,8 @@ from _common import parse_args, results_path  # bench/, the script's own folder
 
 from core.artifacts import write_parquet_atomic
 from core.config import ModelConfig
-from core.tiny_model import TinyModelConfig, build
+from tiny_model.config import TinyModelConfig
+from tiny_model.model import build
 
 SMOKE = {"max_length": 128, "steps": 3, "warmup": 1, "examples": 40}
 # What --smoke shrinks a shape to: head_dim 32 like the tests' family models, and a vocabulary just above

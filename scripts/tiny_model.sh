@@ -4,4 +4,4 @@
 #   bash scripts/tiny_model.sh shape.num_hidden_layers=4 run_name=deeper
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
-python -m core.tiny_model "$@"
+python -m tiny_model "$@"

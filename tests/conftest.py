@@ -21,7 +21,8 @@ from core.config import compose, to_typed  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> dict[str, str]:
     """Directories of the tiny policy and reward model (tokenizer trained on synthetic data)."""
-    from core.tiny_model import TinyModelConfig, build
+    from tiny_model.config import TinyModelConfig
+    from tiny_model.model import build
 
     out = tmp_path_factory.mktemp("tiny_model")
     return build(TinyModelConfig(tokenizer_corpus_problems=800), out)

@@ -1,0 +1,1 @@
+"""The tiny offline model: a stage of its own (it trains its tokenizer on data_process's synthetic data)."""
