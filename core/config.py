@@ -1,8 +1,9 @@
 """Typed configs shared by the stages, and the glue between Hydra and the plain `run(cfg)` functions.
 
-Every stage config is a dataclass registered in Hydra's ConfigStore as `<stage>_schema`; the YAML file in
-conf/ names it first in its defaults list, so a typo in an override (`sft.lrr=1`) or a wrong type
-(`sft.lr=abc`) fails when Hydra composes the config, before anything runs. `__post_init__` methods reject
+Every stage config is a dataclass registered in Hydra's ConfigStore as `<stage>_schema` (core.stages); the
+YAML file in conf/ names it first in its defaults list, so a typo in an override (`peft.rr=1`) or a wrong
+type (`peft.r=abc`) fails when Hydra composes the config, before anything runs. Mapping fields (TRL's
+sections) take any key; TRL checks those names (core.training.trl_args). `__post_init__` methods reject
 combinations that cannot work, with a message that says how to fix them.
 """
 
@@ -138,21 +139,14 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from core.stages import STAGES
+    from core.stages import register_schemas
 
-    for stage in STAGES.values():
-        stage.load_schema()  # its module registers it in Hydra's ConfigStore
+    register_schemas()
     if GlobalHydra.instance().is_initialized():
         # Inside a Hydra app (the pipeline's __main__), whose search path is this same conf/ directory.
         return hydra_compose(config_name=config_name, overrides=overrides or [])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
-
-
-def register_schema(name: str, node: type) -> None:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name=name, node=node)
 
 
 def hydra_entry(
@@ -177,6 +171,10 @@ def hydra_entry(
         raise SystemExit(main_help(config_name, schema, sys.argv[1:]))
 
     import hydra
+
+    from core.stages import register_schemas
+
+    register_schemas()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ for all stages), and a stage's heavy imports happen in the process that runs it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("tiny_model", "core.tiny_model", "core.tiny_model:TinyModelStageConfig", "core.tiny_model:run"),
+        Stage("tiny_model", "tiny_model", "tiny_model.config:TinyModelStageConfig", "tiny_model.stage:run"),
         Stage(
             "data_process", "data_process", "data_process.config:DataProcessConfig", "data_process.stage:run"
         ),
@@ -98,8 +99,10 @@ def stage(name: str) -> Stage:
     return STAGES[name]
 
 
+@functools.cache
 def register_schemas() -> None:
-    """Every stage's schema in Hydra's ConfigStore as `<name>_schema` (what its YAML's defaults list names)."""
+    """Every stage's schema in Hydra's ConfigStore as `<name>_schema` (what its YAML's defaults list names);
+    once per process."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -107,11 +110,27 @@ def register_schemas() -> None:
     for s in STAGES.values():
         schema = s.load_schema()
         node = OmegaConf.structured(schema)
-        # Sections passed through to a library as a mapping (TRL's arguments) take any key: the library
-        # checks the names (core.training.trl_args); every other node stays closed, so a typo fails here.
-        for section in getattr(schema, "open_sections", ()):
-            OmegaConf.set_struct(node[section], False)
+        open_mappings(node, schema)
         store.store(name=f"{s.name}_schema", node=node)
+
+
+def open_mappings(node: Any, schema: type) -> None:
+    """Let every `dict[str, Any]` field of the schema take new keys without Hydra's `+` (TRL's arguments in
+    `sft`, `model.chat_template_kwargs`, ...): a mapping has no key list to check a name against (TRL
+    checks its own, core.training.trl_args). Dataclass fields stay closed, so a typo in any of them still
+    fails when Hydra composes."""
+    import dataclasses
+    import typing
+
+    from omegaconf import OmegaConf
+
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is dict:
+            OmegaConf.set_struct(node[f.name], False)
+        elif dataclasses.is_dataclass(kind):
+            open_mappings(node[f.name], kind)
 
 
 def main(name: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import ModelConfig, help_field, register_schema
+from core.config import ModelConfig, help_field
 
 CORRECTNESS_POLICIES = ("math_verify", "llama", "either", "both", "verifier")
 # The test sets vendored in data/benchmarks/ (see its README), which training data is decontaminated against.
@@ -155,6 +155,3 @@ class DataProcessConfig:
             raise ValueError("max_sft_records must be >= 0 or null")
         if any(not str(s).strip() for s in self.subsets):
             raise ValueError(f"subsets must be non-empty names, got {self.subsets}")
-
-
-register_schema("data_process_schema", DataProcessConfig)

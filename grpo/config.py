@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from core.config import ModelConfig, PeftConfig, help_field, register_schema
+from core.config import ModelConfig, PeftConfig, help_field
 
 # TRL 1.16 GRPOConfig.loss_type values with a clipped-ratio objective; the first three are the documented ones.
 # TRL checks neither value before the first step (grpo/stage.py training_args does).
@@ -40,7 +38,11 @@ class GRPOData:
         "`prompts`; null = reasoning-gym only.",
     )
     split: str | None = help_field("train", help="Keep rows of this `split` only; null = every row.")
-    max_prompts: int | None = help_field(None, help="Keep a seeded sample of at most this many prompts.")
+    sample_prompts: int | None = help_field(
+        None,
+        help="Keep a seeded random sample of at most this many prompts (unlike prompts.max_prompts of sampling "
+        "and evaluation, which keeps the first N: a benchmark subset others can reproduce).",
+    )
     reasoning_gym: list[ReasoningGymTask] = help_field(
         [],
         help="reasoning-gym generators, e.g. [{name: chain_sum, size: 500, config: {min_terms: 2, max_terms: 2}}]; "
@@ -179,9 +181,3 @@ class GRPOStageConfig:
             raise ValueError(
                 "no prompts: set data.prompts (a prompt set) and/or data.reasoning_gym (generators)"
             )
-
-
-# `grpo` open to any key, as train_sft's `sft` (see train_sft/config.py): TRL's field list decides.
-_schema = OmegaConf.structured(GRPOStageConfig)
-OmegaConf.set_struct(_schema.grpo, False)
-register_schema("grpo_schema", _schema)

@@ -125,8 +125,8 @@ def prepare(
         [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]] if rendered else []
     )
     kept = [r for r, n in zip(judgeable, lengths, strict=True) if n <= max_prompt_length]
-    if data.max_prompts is not None and len(kept) > data.max_prompts:
-        kept = random.Random(seed).sample(kept, data.max_prompts)
+    if data.sample_prompts is not None and len(kept) > data.sample_prompts:
+        kept = random.Random(seed).sample(kept, data.sample_prompts)
     stats = {
         "rows_read": read,
         "dropped_unjudgeable_gold": read - len(judgeable),

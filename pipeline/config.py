@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import help_field, register_schema
+from core.config import help_field
 
 LAUNCHERS = ("python", "accelerate")
 # PipelineConfig's per-stage override sections.
@@ -203,6 +203,3 @@ def check_published(name: str) -> None:
             f"published_as={name}: not in {PUBLISHED.name} (pipeline/); it holds {known}. Add the model "
             "there with its source, or leave published_as null."
         )
-
-
-register_schema("pipeline_schema", PipelineConfig)

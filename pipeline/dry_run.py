@@ -191,9 +191,9 @@ def grpo_work(cfg: Any, procs: int) -> Work:
     cap = f"<= {h.max_completion_length:,} new tokens"
     backend = f"; generation {cfg.generation.backend}, lr {h.learning_rate:g}, peft {cfg.peft.method}"
     if h.max_steps <= 0:
-        prompts = f"{cfg.data.max_prompts:,}" if cfg.data.max_prompts is not None else "all"
+        prompts = f"{cfg.data.sample_prompts:,}" if cfg.data.sample_prompts is not None else "all"
         text = f"{epochs(h.num_train_epochs)} of {prompts} prompts x {h.num_generations} completions x {cap}"
-        return Work(text + backend, uncapped=cfg.data.max_prompts is None)
+        return Work(text + backend, uncapped=cfg.data.sample_prompts is None)
     tokens = h.max_steps * per_step * h.max_completion_length // h.num_iterations
     text = f"{h.max_steps:,} steps x {per_step} completions ({group}) x {cap} = <= {count(tokens)} tokens"
     return Work(text + backend, tokens=tokens)

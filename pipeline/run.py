@@ -12,7 +12,7 @@ for `next_round_steps` steps on round k-1's selected samples (mixed with the ori
 already had. Every SFT model (and control) is evaluated on the held-out prompts with the round's reward
 model for best-of-N; GRPO starts from the last round's model and is evaluated last. With
 `eval_benchmarks=[math500,aime24]`, round 0's SFT model, the last round's and GRPO's are then evaluated on
-those benchmarks (`bench/<model>/<benchmark>`, `python -m reject_sampling.evaluate benchmark=<name>`).
+those benchmarks (`bench/<model>/<benchmark>`, `python -m evaluation benchmark=<name>`).
 
 On a machine without a GPU, a round's SFT and its control run side by side (then their two evaluations),
 each child with half the cores (OMP_NUM_THREADS): the tiny model's small matrices use a second thread
@@ -34,6 +34,7 @@ an earlier one in that list (`last_wins`), so a preset's `sft=long_context` surv
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -43,8 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from core.artifacts import write_json_atomic
-from core.config import compose, to_typed
+from core.config import CONF_DIR, compose, to_typed
 from core.launch import run_stage_process
 from core.layout import RunLayout
 from core.stages import Stage, stage
@@ -53,116 +56,132 @@ from pipeline.config import PipelineConfig, cli_entries
 log = logging.getLogger(__name__)
 
 
+Setting = tuple[str, Any]  # (dotted key, value): ("sft.max_steps", 800), ("peft", "lora")
+
+
 @dataclass
 class Step:
-    name: str  # where it shows up: "round_1/sft_control"
+    name: str  # its directory under the run (core/layout.py): "round_1/sft_control"
     stage: str  # a name in core.stages.STAGES (= its conf/<stage>.yaml)
-    overrides: list[str]
+    settings: list[Setting]  # in order; the last value of a key holds (`last_wins`)
     cfg: Any = field(default=None, repr=False)
     pair: str | None = None  # adjacent steps with the same pair are independent: they may run side by side
 
     def __post_init__(self) -> None:
-        self.overrides = last_wins(self.overrides)
+        self.settings = last_wins(self.settings)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The settings as `key=value` lines, for pipeline.json and the dry run's plan (read, not parsed)."""
+        return [f"{key}={shown(value)}" for key, value in self.settings]
 
 
-_BARE = re.compile(r"[\w./\-+:@]+")
+def shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return (
+        json.dumps(value) if isinstance(value, list | dict) else str(OmegaConf.create({"v": value}).v).lower()
+    )
 
 
-def hydra_value(value: Any) -> str:
-    """A Python value in Hydra's override grammar (strings quoted unless plainly safe)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if _BARE.fullmatch(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def as_overrides(section: dict[str, Any], prefix: str = "") -> list[str]:
-    """{sft: {learning_rate: 0.001}, peft: lora} -> ["sft.learning_rate=0.001", "peft=lora"]."""
-    out = []
+def settings(section: dict[str, Any], prefix: str = "") -> list[Setting]:
+    """{sft: {learning_rate: 0.001}, peft: lora} -> [("sft.learning_rate", 0.001), ("peft", "lora")]."""
+    out: list[Setting] = []
     for key, value in section.items():
         if isinstance(value, dict) and value:
-            out += as_overrides(value, f"{prefix}{key}.")
+            out += settings(value, f"{prefix}{key}.")
         else:
-            out.append(f"{prefix}{key}={hydra_value(value)}")
+            out.append((f"{prefix}{key}", value))
     return out
 
 
 def override_key(override: str) -> str:
-    """What an override sets: `++sft.max_steps=8` and `sft.max_steps=9` set one key, `sft=long_context`
+    """What an override line sets: `++sft.max_steps=8` and `sft.max_steps=9` set one key, `sft=long_context`
     (the group choice) another."""
     return override.partition("=")[0].lstrip("+~")
 
 
-def last_wins(overrides: list[str]) -> list[str]:
-    """Drop every override whose key comes again later: the value that holds is the last one, which is
-    what Hydra would make of the repeats too, but then the list a step records (pipeline.json, the dry
-    run's plan) shows each key once, with its value, and nothing rests on how a Hydra version treats a
-    group chosen twice."""
-    last = {override_key(o): i for i, o in enumerate(overrides)}
-    return [o for i, o in enumerate(overrides) if last[override_key(o)] == i]
+def last_wins(items: list[Setting]) -> list[Setting]:
+    """Drop every setting whose key comes again later: the value that holds is the last one, and the list a
+    step records (pipeline.json, the dry run's plan) shows each key once, with its value."""
+    last = {key: i for i, (key, _) in enumerate(items)}
+    return [kv for i, kv in enumerate(items) if last[kv[0]] == i]
 
 
-def stage_overrides(cfg: PipelineConfig, section: str) -> list[str]:
-    """The user's overrides of one stage: the preset's `common` and `section`, then the command line's
+def stage_settings(cfg: PipelineConfig, section: str) -> list[Setting]:
+    """The user's settings of one stage: the preset's `common` and `section`, then the command line's
     overrides of either in argv order (what was typed beats the preset it was typed against)."""
-    out = [*as_overrides(cfg.common), *as_overrides(getattr(cfg, section))]
+    out = [*settings(cfg.common), *settings(getattr(cfg, section))]
     for name, value in cli_entries(cfg.cli_overrides):
         if name in ("common", section):
-            out += as_overrides(value)
+            out += settings(value)
     return out
 
 
-def sft_data(layout: RunLayout, round: int, mix_original: float) -> str:
-    sources = [f"{{path:{layout.round_dir(round - 1, 'reject_sampling')},weight:1.0}}"]
+_OPTION = re.compile(r"[\w.\-+]+")
+
+
+def compose_step(step: Step) -> Any:
+    """The step's config, composed as `python -m <stage>` composes it, its settings handed over as values.
+
+    Group choices (`sft: long_context`: a key naming a folder of conf/) are what Hydra composes; every
+    other setting is then set on the composed config as the value it is (a string with quotes, commas or
+    backslashes included), so nothing is written in Hydra's override grammar and nothing needs quoting. The
+    config stays closed: a key the stage does not have fails here, as it would on its command line."""
+    groups = [
+        (k, v) for k, v in step.settings if "." not in k and isinstance(v, str) and (CONF_DIR / k).is_dir()
+    ]
+    for key, option in groups:
+        if not _OPTION.fullmatch(option):
+            raise ValueError(f"{key}={option!r} is not the name of a file in conf/{key}/")
+    composed = compose(step.stage, [f"{key}={option}" for key, option in groups])
+    for key, value in step.settings:
+        if (key, value) not in groups:
+            OmegaConf.update(composed, key, value, merge=True)
+    return to_typed(composed, stage(step.stage).load_schema())
+
+
+def sft_data(layout: RunLayout, round: int, mix_original: float) -> Setting:
+    sources = [{"path": layout.round_dir(round - 1, "reject_sampling"), "weight": 1.0}]
     if mix_original > 0:
-        sources.insert(0, f"{{path:{layout.data},weight:{mix_original}}}")
-    return "data=[" + ",".join(sources) + "]"
+        sources.insert(0, {"path": layout.data, "weight": mix_original})
+    return ("data", sources)
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
-    """Every stage of the run, in order, with its overrides (nothing is composed or run here). A step's name
+    """Every stage of the run, in order, with its settings (nothing is composed or run here). A step's name
     is its directory under the run (core/layout.py)."""
-    run = [f"run_name={cfg.run_name}", f"run_dir={cfg.run_dir}"]
+    run: list[Setting] = [("run_name", cfg.run_name), ("run_dir", cfg.run_dir)]
     at = RunLayout(cfg.run_dir)
 
-    def user(section: str) -> list[str]:
-        return [*run, *stage_overrides(cfg, section)]
+    def user(section: str) -> list[Setting]:
+        return [*run, *stage_settings(cfg, section)]
 
     steps: list[Step] = []
     if cfg.build_tiny_model:
         steps.append(Step("tiny_model", "tiny_model", list(run)))
-    base_model = [f"model.path={cfg.model_path}"] if cfg.model_path else []
+    base_model = [("model.path", cfg.model_path)] if cfg.model_path else []
     data = [*user("data_process"), *base_model]
     if cfg.input_dir:
-        data.append(f"input_dir={cfg.input_dir}")
+        data.append(("input_dir", cfg.input_dir))
     steps.append(Step("data", "data_process", data))
 
     def evaluate(name: str, model_dir: str, rm_round: int | None) -> Step:
-        over = [*user("evaluate"), f"name={name}", f"model.name={name}", f"model.path={model_dir}"]
+        over = [*user("evaluate"), ("name", name), ("model.name", name), ("model.path", model_dir)]
         if rm_round is not None:
-            over += ["use_reward_model=true", f"reward_model.path={at.model(rm_round, 'reward_model')}"]
+            over += [("use_reward_model", True), ("reward_model.path", at.model(rm_round, "reward_model"))]
         return Step(at.eval_step(name), "evaluate", over)
 
     for k in range(cfg.rounds):
-        sft = [*user("train_sft"), f"round={k}"]
+        sft = [*user("train_sft"), ("round", k)]
         evals: list[Step] = []
         rm_round = k if cfg.use_reward_model else None
         if k == 0:
             steps.append(Step(at.round_step(0, "sft"), "train_sft", [*sft, *base_model]))
         else:
-            more = [f"model.path={at.model(k - 1)}", f"sft.max_steps={cfg.next_round_steps}"]
+            more = [("model.path", at.model(k - 1)), ("sft.max_steps", cfg.next_round_steps)]
             if cfg.next_round_learning_rate is not None:
-                more.append(f"sft.learning_rate={cfg.next_round_learning_rate}")
+                more.append(("sft.learning_rate", cfg.next_round_learning_rate))
             steps.append(
                 Step(at.round_step(k, "sft"), "train_sft", [*sft, *more, sft_data(at, k, cfg.mix_original)])
             )
@@ -170,8 +189,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                 control = [
                     *sft,
                     *more,
-                    f"output_dir={at.round_dir(k, 'sft_control')}",
-                    f"data=[{{path:{at.data}}}]",
+                    ("output_dir", at.round_dir(k, "sft_control")),
+                    ("data", [{"path": at.data}]),
                 ]
                 steps.append(Step(at.round_step(k, "sft_control"), "train_sft", control))
                 evals.append(evaluate(f"round_{k}_control", at.model(k, "sft_control"), rm_round))
@@ -180,22 +199,22 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         if len(evals) == 2:
             evals[0].pair = evals[1].pair = f"eval/round_{k}"
         if cfg.use_reward_model:
-            rm = [*user("reward_model"), f"round={k}"]
+            rm = [*user("reward_model"), ("round", k)]
             if k > 0:
                 # The original pairs plus the previous round's on-policy ones (a weak policy yields few).
-                rm.append(f"extra_pairs=[{at.round_dir(k - 1, 'reject_sampling')}]")
+                rm.append(("extra_pairs", [at.round_dir(k - 1, "reject_sampling")]))
             steps.append(Step(at.round_step(k, "reward_model"), "reward_model", rm))
         steps += evals
         if k == cfg.rounds - 1 and not cfg.last_round_sampling:
             continue
-        rs = [*user("reject_sampling"), f"round={k}"]
+        rs = [*user("reject_sampling"), ("round", k)]
         if not cfg.use_reward_model:
-            rs += ["use_reward_model=false", "selection.policy=verified"]
+            rs += [("use_reward_model", False), ("selection.policy", "verified")]
         steps.append(Step(at.round_step(k, "reject_sampling"), "reject_sampling", rs))
     if cfg.run_grpo:
         # GRPO belongs to the last round: it starts from that round's SFT model (its config's default).
         last = cfg.rounds - 1
-        steps.append(Step(at.round_step(last, "grpo"), "grpo", [*user("grpo"), f"round={last}"]))
+        steps.append(Step(at.round_step(last, "grpo"), "grpo", [*user("grpo"), ("round", last)]))
         steps.append(evaluate("grpo", at.model(last, "grpo"), last if cfg.use_reward_model else None))
     return steps + benchmark_steps(cfg, run)
 
@@ -215,12 +234,12 @@ def benchmarked_models(cfg: PipelineConfig) -> dict[str, str]:
     return models
 
 
-def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
+def benchmark_steps(cfg: PipelineConfig, run: list[Setting]) -> list[Step]:
     """`bench/<model>/<benchmark>` for every benchmarked model and benchmark, after every other step: the
     held-out evaluations already tell how the run went, and on a GPU a benchmark at 32k tokens is the
     longest evaluation, which should not hold back training.
 
-    Each is `python -m reject_sampling.evaluate benchmark=<name>` with `common` and the `benchmarks`
+    Each is `python -m evaluation benchmark=<name>` with `common` and the `benchmarks`
     section (not `evaluate`'s: the held-out prompt cap or the offline 64-token limit is not the benchmark's
     protocol)."""
     at = RunLayout(cfg.run_dir)
@@ -229,12 +248,12 @@ def benchmark_steps(cfg: PipelineConfig, run: list[str]) -> list[Step]:
         for bench in cfg.eval_benchmarks:
             over = [
                 *run,
-                *stage_overrides(cfg, "benchmarks"),
-                f"benchmark={bench}",
-                f"name={model}_{bench}",
-                f"model.name={model}",
-                f"model.path={path}",
-                f"output_dir={at.bench_dir(model, bench)}",
+                *stage_settings(cfg, "benchmarks"),
+                ("benchmark", bench),
+                ("name", f"{model}_{bench}"),
+                ("model.name", model),
+                ("model.path", path),
+                ("output_dir", at.bench_dir(model, bench)),
             ]
             out.append(Step(at.bench_step(model, bench), "evaluate", over))
     return out
@@ -246,7 +265,7 @@ def compose_all(steps: list[Step], cfg: PipelineConfig | None = None) -> None:
     training step is launched with (launcher, accelerate_config); without it, one each."""
     for step in steps:
         try:
-            step.cfg = to_typed(compose(step.stage, step.overrides), stage(step.stage).load_schema())
+            step.cfg = compose_step(step)
         except Exception as e:
             raise ValueError(
                 f"pipeline step {step.name}: conf/{step.stage}.yaml {step.overrides}: {e}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import ModelConfig, help_field, register_schema
+from core.config import ModelConfig, help_field
 
 BACKENDS = ("auto", "vllm", "transformers")  # the names grpo.config.BACKENDS uses too
 SELECTION_POLICIES = ("best_of_n_rm", "verified", "rm_threshold")
@@ -51,7 +51,7 @@ class SamplingConfig:
     cpu_kvcache_space_gb: int = help_field(1, help="VLLM_CPU_KVCACHE_SPACE on the CPU backend.", hashed=False)
     max_lora_rank: int = help_field(64, hashed=False)
     # transformers generate
-    hf_batch_size: int = help_field(
+    transformers_batch_size: int = help_field(
         64, help="Prompts per generate() call (each with n samples).", hashed=False
     )
 
@@ -82,7 +82,9 @@ class PromptSource:
     prompt_column: str = help_field("prompt", help="Question column (parquet / JSONL).")
     id_column: str = help_field("id", help="Id column; missing ids are derived from the question text.")
     answer_column: str = help_field("answer", help="Gold answer column, optional.")
-    max_prompts: int | None = help_field(None, help="Keep the first N prompts (after the split filter).")
+    max_prompts: int | None = help_field(
+        None, help="Keep the first N prompts (after the split filter), in file order."
+    )
 
 
 @dataclass
@@ -187,7 +189,3 @@ class RejectSamplingConfig:
                 f"selection.policy={self.selection.policy} needs reward-model scores: set use_reward_model=true "
                 "or selection.policy=verified"
             )
-
-
-register_schema("sample_schema", SampleConfig)
-register_schema("reject_sampling_schema", RejectSamplingConfig)

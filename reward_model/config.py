@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from core.config import ModelConfig, PeftConfig, help_field, register_schema
+from core.config import ModelConfig, PeftConfig, help_field
 
 TRUNCATION = ("middle", "drop")
 
@@ -93,10 +91,3 @@ class ScoreConfig:
         help="Score again even if the output (or its parts) match this input, config and model.",
         hashed=False,
     )
-
-
-# `rm` open to any key, as train_sft's `sft` (see train_sft/config.py): TRL's field list decides.
-_schema = OmegaConf.structured(RMStageConfig)
-OmegaConf.set_struct(_schema.rm, False)
-register_schema("reward_model_schema", _schema)
-register_schema("rm_score_schema", ScoreConfig)

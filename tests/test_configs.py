@@ -202,3 +202,13 @@ def test_every_trl_preset_is_valid_for_trl_with_one_and_eight_processes(stage, o
     for key, value in preset.items():
         if value is not None and key not in ("report_to", "packing", "use_liger_kernel"):
             assert getattr(args, key) == value, key
+
+
+@pytest.mark.parametrize("stage", ["train_sft", "reward_model", "grpo", "reject_sampling", "evaluate"])
+def test_mapping_fields_take_keys_without_plus_and_dataclass_fields_stay_closed(stage):
+    """core.stages.register_schemas opens every dict field (nothing to check a key against there) and
+    nothing else: Qwen3's switch needs no `+`, a typo in a typed section still fails at compose."""
+    cfg = compose(stage, ["model.chat_template_kwargs.enable_thinking=false"])
+    assert cfg.model.chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(Exception, match=r"model\.pathh"):
+        compose(stage, ["model.pathh=x"])

@@ -318,7 +318,7 @@ def main_run(tmp_path_factory, sft_model, one_step_data):
         "generation.backend=transformers",
         f"grpo.max_steps={GRPO_STEPS}",
         f"grpo.save_steps={GRPO_STEPS + 1}",
-        f"data.max_prompts={MAIN_PROMPTS}",
+        f"data.sample_prompts={MAIN_PROMPTS}",
         "rewards.format=0.1",
     ]
     cfg = to_typed(compose("grpo", overrides), GRPOStageConfig)

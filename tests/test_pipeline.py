@@ -22,7 +22,7 @@ from core.config import CONF_DIR, compose, to_typed
 from core.layout import RunLayout
 from pipeline.config import SECTIONS, PipelineConfig, command_line_overrides
 from pipeline.report import collect
-from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan
+from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan, settings
 from tests.conftest import offline_env
 
 REPO = CONF_DIR.parent
@@ -253,7 +253,8 @@ def test_the_command_line_keeps_section_overrides_apart():
 
 
 def test_a_later_value_of_a_key_replaces_the_earlier_one():
-    assert last_wins(["a=1", "++b.c=2", "b=x", "a=3", "b.c=4"]) == ["b=x", "a=3", "b.c=4"]
+    items = [("a", 1), ("b.c", 2), ("b", "x"), ("a", 3), ("b.c", 4)]
+    assert last_wins(items) == [("b", "x"), ("a", 3), ("b.c", 4)]
     assert override_key("++sft.max_steps=8") == override_key("sft.max_steps=9") != override_key("sft=x")
 
 
@@ -511,21 +512,30 @@ def test_gpu_presets_need_the_local_paths():
         pipeline_cfg("experiment=qwen2.5-1.5b_lora_16k")
 
 
-def test_sections_become_hydra_overrides():
-    from pipeline.run import as_overrides
+def test_sections_become_settings_handed_over_as_values():
+    assert settings({"sft": {"learning_rate": 0.001, "report_to": ["none"]}, "peft": "lora"}) == [
+        ("sft.learning_rate", 0.001),
+        ("sft.report_to", ["none"]),
+        ("peft", "lora"),
+    ]
+    assert settings({"x": None, "f": True, "empty": {}}) == [("x", None), ("f", True), ("empty", {})]
 
-    assert as_overrides({"sft": {"learning_rate": 0.001, "report_to": ["none"]}, "peft": "lora"}) == [
-        "sft.learning_rate=0.001",
-        "sft.report_to=[none]",
-        "peft=lora",
+
+def test_a_value_reaches_every_stage_as_it_is_written():
+    """No quoting between the pipeline and its stages: a string with quotes, commas, braces, a backslash and
+    an equals sign arrives verbatim, and round 1's data list arrives as typed data sources."""
+    cfg = pipeline_cfg()
+    odd = "Reason, then answer: put it in \\boxed{} = 'final' \"answer\"."
+    cfg.common = {"model": {"instruction_suffix": odd}}
+    steps = plan(cfg)
+    compose_all(steps)
+    with_model = [s for s in steps if s.stage != "tiny_model"]
+    assert with_model and all(s.cfg.model.instruction_suffix == odd for s in with_model)
+    round_1 = next(s for s in steps if s.name == "round_1/sft").cfg
+    assert [(d.path, d.weight) for d in round_1.data] == [
+        (f"{cfg.run_dir}/data", cfg.mix_original),
+        (f"{cfg.run_dir}/round_0/reject_sampling", 1.0),
     ]
-    assert as_overrides({"rm.max_length": 8, "name": "a b", "x": None, "f": True}) == [
-        "rm.max_length=8",
-        "name='a b'",
-        "x=null",
-        "f=true",
-    ]
-    assert as_overrides({"data": [{"path": "runs/x", "weight": 2.0}]}) == ["data=[{path:runs/x,weight:2.0}]"]
 
 
 def test_until_stops_after_the_named_step(tmp_path):

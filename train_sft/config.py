@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from core.config import ModelConfig, PeftConfig, help_field, register_schema
+from core.config import ModelConfig, PeftConfig, help_field
 
 OVERLENGTH = ("drop", "truncate")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -91,11 +89,3 @@ class SFTStageConfig:
         for source in self.data:
             if source.weight <= 0:
                 raise ValueError(f"data source {source.path}: weight must be > 0, got {source.weight}")
-
-
-# The `sft` node open to keys no preset lists (Hydra would otherwise want `+sft.key=`, and the pipeline,
-# which writes plain `key=value` overrides, could never add one); every other node stays closed, so a typo
-# anywhere else still fails when Hydra composes.
-_schema = OmegaConf.structured(SFTStageConfig)
-OmegaConf.set_struct(_schema.sft, False)
-register_schema("train_sft_schema", _schema)
