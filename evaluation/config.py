@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import ModelConfig, help_field, register_schema
+from core.config import ModelConfig, help_field
 from grpo.config import ReasoningGymTask
 from reject_sampling.config import PromptSource, SamplingConfig
 
@@ -110,6 +110,3 @@ class EvaluateConfig:
     use_cpu: bool | None = help_field(None, hashed=False)
     progress: bool = help_field(True, hashed=False)
     force: bool = help_field(False, hashed=False)
-
-
-register_schema("evaluate_schema", EvaluateConfig)

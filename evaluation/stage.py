@@ -21,8 +21,8 @@ still caps the problems (the first N).
 
 What this reuses from reject_sampling, and why it stays there: evaluation is the rejection-sampling stage's
 sample → verify → (reward-model) score, with metrics at the end instead of a selection. So it calls the same
-steps, reject_sampling.scoring (draw_samples through sample.py, verify_samples, score_with_reward_model,
-check_inputs, restart_if_changed, the table helpers), and samples with the same `SamplingConfig` and reads
+steps, reject_sampling.scoring (draw_samples through sample.py, verify_and_score, check_inputs,
+clear_intermediates, the table helpers; each step's file reused only under its fingerprint, core.chunks), and samples with the same `SamplingConfig` and reads
 prompts through the same `PromptSource` (reject_sampling.config): a pass@1 here measures exactly the decoding
 that made the training data, and a fix to either stage's sampling or scoring is a fix to both. The metrics
 (reject_sampling.metrics: pass@k, maj@k, best-of-N) stay in reject_sampling too, because the
@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifacts import describe_file, write_json_atomic
+from core.chunks import digest, read_fingerprint
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from evaluation.benchmarks import Benchmark, load_benchmark, write_prompts
@@ -48,11 +49,11 @@ from reject_sampling.config import PromptSource
 from reject_sampling.metrics import breakdown_metrics, metrics_markdown, sample_metrics
 from reject_sampling.scoring import (
     check_inputs,
+    clear_intermediates,
     describe_table,
     draw_samples,
-    restart_if_changed,
     sample_preview,
-    score_with_reward_model,
+    verify_and_score,
     verify_samples,
     write_table,
 )
@@ -125,27 +126,22 @@ def run(cfg: EvaluateConfig) -> dict:
     stage = StageRun(STAGE, cfg, out, inputs)
     if (done := stage.begin()) is not None:
         return done.metrics
-    restart_if_changed(out, {"config": stage.config_hash, "inputs": inputs}, INTERMEDIATES, force=cfg.force)
+    clear_intermediates(out, INTERMEDIATES, force=cfg.force)
 
     samples_path = draw(cfg, out, "samples", greedy=False)
-    verified_path = out / "verified.parquet"
-    if not verified_path.exists():
-        write_table(judge(pd.read_parquet(samples_path), cfg, bench), verified_path)
-    if cfg.use_reward_model:
-        scored = score_with_reward_model(
-            verified_path, out / "scored.parquet", cfg.reward_model, every_row=cfg.rm_score_all,
-            max_length=cfg.rm_max_length,
-            batch_tokens=cfg.rm_batch_tokens, use_cpu=cfg.use_cpu, progress=cfg.progress,
-            log_file=out / "logs/rm_score.log",
-        )  # fmt: skip
-        scored_file = describe_table(scored, out / "scored.parquet")
-    else:
-        scored = pd.read_parquet(verified_path)
-        scored_file = write_table(scored, out / "scored.parquet")
+    scored = verify_and_score(
+        samples_path, out, verifier=cfg.verifier, verifier_workers=cfg.verifier_workers,
+        reward_model=cfg.reward_model if cfg.use_reward_model else None, every_row=cfg.rm_score_all,
+        max_length=cfg.rm_max_length, batch_tokens=cfg.rm_batch_tokens, use_cpu=cfg.use_cpu,
+        progress=cfg.progress, log_file=out / "logs/rm_score.log",
+        judge=None if bench is None else lambda samples: judge(samples, cfg, bench),
+        judge_identity=None if bench is None else f"{bench.name}:{digest(bench.golds)}",
+    )  # fmt: skip
+    scored_file = describe_table(scored, out / "scored.parquet")
     outputs = {"samples": describe_file(samples_path, out), "scored": scored_file}
     if bench is not None:
         outputs["benchmark"] = describe_file(out / BENCHMARK_PROMPTS, out)
-    verified_path.unlink()
+    (out / "verified.parquet").unlink(missing_ok=True)  # scored.parquet holds the same rows and more
     metrics = {
         "name": cfg.name,
         "policy": cfg.model.name,
@@ -157,7 +153,8 @@ def run(cfg: EvaluateConfig) -> dict:
         greedy_path = draw(cfg, out, "greedy", greedy=True)
         greedy = judge(pd.read_parquet(greedy_path), cfg, bench)
         metrics["greedy_accuracy"] = float(greedy["correct"].fillna(False).astype(bool).mean())
-        outputs["greedy"] = write_table(greedy, greedy_path)
+        # Judged in place under sample.py's fingerprint, so a rerun after a kill keeps it, not resamples.
+        outputs["greedy"] = write_table(greedy, greedy_path, read_fingerprint(greedy_path))
     write_json_atomic(out / "metrics.json", metrics)
     title = f"Evaluation: {cfg.name}" + (f" on {bench.name}" if bench is not None else "")
     (out / "metrics.md").write_text(metrics_markdown(metrics, title))

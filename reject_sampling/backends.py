@@ -19,7 +19,7 @@ Reproducibility, honestly:
 - transformers: `generate()` has no per-row random generator, so torch's global RNG is seeded once per
   `generate()` call from (seed, id of the call's first prompt). Samples are reproducible when the same
   prompts form the same calls, which holds for a rerun and for a resumed run (chunks are fixed); a different
-  `num_shards`, `chunk_prompts` or `hf_batch_size` draws different, equally valid, samples.
+  `num_shards`, `chunk_prompts` or `transformers_batch_size` draws different, equally valid, samples.
 - Greedy decoding (temperature 0) is deterministic on both, and the two agree in float32 (tested on the
   tiny model). Sampled texts never agree across backends: their random streams differ.
 """
@@ -100,8 +100,8 @@ def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
-class HFBackend:
-    """transformers `generate`: prompts in batches of `hf_batch_size`, left padded, n samples each."""
+class TransformersBackend:
+    """transformers `generate`: prompts in batches of `transformers_batch_size`, left padded, n samples each."""
 
     name = "transformers"
 
@@ -140,7 +140,7 @@ class HFBackend:
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
 
     def generate(self, prompts: list[str], ids: list[str]) -> list[list[Completion]]:
-        size = self.sampling.hf_batch_size
+        size = self.sampling.transformers_batch_size
         out: list[list[Completion]] = []
         for start in range(0, len(prompts), size):
             out += self._generate_batch(prompts[start : start + size], ids[start : start + size])
@@ -310,4 +310,4 @@ def make_backend(
     log.info("generation backend: %s (sampling.backend=%s)", name, sampling.backend)
     if name == "vllm":
         return VLLMBackend(model, sampling, tokenizer, adapter, use_cpu, max_model_len, progress)
-    return HFBackend(model, sampling, tokenizer, adapter, use_cpu)
+    return TransformersBackend(model, sampling, tokenizer, adapter, use_cpu)

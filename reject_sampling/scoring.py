@@ -14,9 +14,9 @@ model keeps the samples and scores again; one that changes only the selection ke
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from core.artifacts import (
     describe_file,
     fingerprint_dir,
     sha256_file,
-    sha256_text,
     write_parquet_atomic,
 )
 from core.chat import ChatRenderer
@@ -192,22 +191,26 @@ def verify_and_score(
     use_cpu: bool | None,
     progress: bool,
     log_file: Path | None = None,
+    judge: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    judge_identity: str | None = None,
 ) -> pd.DataFrame:
     """The stage's steps 2 and 3: `out/verified.parquet` (+ correct, format_ok, answer_key) and
     `out/scored.parquet` (+ rm_score; null for every row without `reward_model`), each kept when its
-    recorded fingerprint matches.
+    recorded fingerprint matches. `judge` replaces the verifier call (evaluation judges a benchmark against
+    its own golds); `judge_identity` says what else its verdicts depend on.
 
     Verification is a function of the samples and the verifier, so verified's fingerprint (samples'
     sha256, verifier) can be computed without the file, and its digest is the input scored.parquet is
     keyed by. So scored.parquet, which outlives verified.parquet (the stage removes that at the end), is
     reused without verifying again, and verification runs only when the scores must be made again."""
     verified_path, scored_path = out / "verified.parquet", out / "scored.parquet"
-    verified_fingerprint = {"input": sha256_file(samples_path), "verifier": verifier}
+    verified_fingerprint = {"input": sha256_file(samples_path), "verifier": verifier, "judge": judge_identity}
     identity = digest(verified_fingerprint)
 
     def ensure_verified() -> None:
         if not reusable(verified_path, verified_fingerprint):
-            verified = verify_samples(pd.read_parquet(samples_path), verifier, verifier_workers)
+            samples = pd.read_parquet(samples_path)
+            verified = judge(samples) if judge else verify_samples(samples, verifier, verifier_workers)
             write_table(verified, verified_path, verified_fingerprint)
 
     if reward_model is None:
@@ -264,33 +267,13 @@ def describe_table(df: pd.DataFrame, path: Path) -> OutputFile:
 
 
 def clear_intermediates(out: Path, intermediates: list[str], force: bool = False) -> None:
-    """The rejection-sampling stage's start: each step keeps or redoes its own file by fingerprint, so
-    nothing is removed here but with `force` (every listed file or directory goes: every step is done
+    """The start of rejection sampling and evaluation: each step keeps or redoes its own file by fingerprint,
+    so nothing is removed here but with `force` (every listed file or directory goes: every step is done
     again) and the `.progress.json` of older versions, which no step reads any more."""
     out.mkdir(parents=True, exist_ok=True)
     (out / ".progress.json").unlink(missing_ok=True)
     if force:
         _remove(out, intermediates)
-
-
-def restart_if_changed(out: Path, key: dict, intermediates: list[str], force: bool = False) -> None:
-    """Intermediate files of an interrupted run are reused only when config and inputs are unchanged.
-    Evaluation's steps rely on this; the rejection-sampling stage's check a fingerprint each
-    (`clear_intermediates`, `verify_and_score`).
-
-    `key` (config hash + input identities) is recorded in `out/.progress.json` before any work; when a
-    later run finds a different key (or `force` is set), the listed intermediates (files or directories)
-    are removed first.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / ".progress.json"
-    key_digest = sha256_text(json.dumps(key, sort_keys=True))
-    if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key_digest:
-        return
-    _remove(out, intermediates)
-    if marker.exists():
-        log.info("%s: config or inputs changed since the interrupted run; starting over", out)
-    marker.write_text(json.dumps({"key": key_digest}))
 
 
 def _remove(out: Path, names: list[str]) -> None:

@@ -119,7 +119,7 @@ def encode_pairs(
     if not train or not evaluation:
         raise PairsError(
             f"{len(rows)} pairs gave {len(train)} train and {len(evaluation)} held-out pairs after {dropped} were "
-            f"dropped as too long; need both. Add pairs, change rm.eval_fraction or raise rm.max_length"
+            f"dropped as too long; need both. Add pairs, change train.eval_fraction or raise rm.max_length"
         )
     stats = {
         "pairs_read": len(rows),

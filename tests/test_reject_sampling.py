@@ -25,7 +25,7 @@ from reject_sampling.metrics import (
     pass_at_k,
     sample_metrics,
 )
-from reject_sampling.scoring import needs_reward_score, restart_if_changed, verify_samples
+from reject_sampling.scoring import clear_intermediates, needs_reward_score, verify_samples
 from reject_sampling.select import PAIR_COLUMNS, SELECTED_COLUMNS, acceptance, make_pairs, select, to_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,20 +256,18 @@ def test_verify_samples_judges_against_the_gold_and_skips_missing_golds():
     assert out["answer_key"].fillna("-").tolist() == ["12", "13", "-", "\\frac{1}{2}", "3"]
 
 
-def test_restart_if_changed_removes_intermediates_unless_the_same_run_left_them(tmp_path):
+def test_clear_intermediates_removes_only_with_force_and_drops_the_old_marker(tmp_path):
+    """Steps keep or redo their own files by fingerprint: starting a stage removes nothing but the
+    `.progress.json` older versions wrote, and with force=true every listed file and folder."""
     names = ["samples.parquet", "samples.parquet.parts"]
     (tmp_path / "samples.parquet").write_text("x")
-    restart_if_changed(tmp_path, {"config": "a"}, names)
-    assert not (tmp_path / "samples.parquet").exists()  # no record of who wrote it: not trusted
-    (tmp_path / "samples.parquet").write_text("x")
     (tmp_path / "samples.parquet.parts").mkdir()
-    restart_if_changed(tmp_path, {"config": "a"}, names)
-    assert (tmp_path / "samples.parquet").exists() and (tmp_path / "samples.parquet.parts").exists()
-    restart_if_changed(tmp_path, {"config": "b"}, names)
+    (tmp_path / ".progress.json").write_text("{}")
+    clear_intermediates(tmp_path, names)
+    assert (tmp_path / "samples.parquet").exists() and (tmp_path / "samples.parquet.parts").is_dir()
+    assert not (tmp_path / ".progress.json").exists()
+    clear_intermediates(tmp_path, names, force=True)
     assert not (tmp_path / "samples.parquet").exists() and not (tmp_path / "samples.parquet.parts").exists()
-    (tmp_path / "samples.parquet").write_text("x")
-    restart_if_changed(tmp_path, {"config": "b"}, names, force=True)
-    assert not (tmp_path / "samples.parquet").exists()
 
 
 # --------------------------------------------------------------------------------------------- core.chunks
@@ -510,6 +508,17 @@ def test_evaluate_writes_metrics(prompt_dir, tiny_model):
     )
     assert "| pass@1 |" in (out / "metrics.md").read_text()
     assert len(pd.read_parquet(out / "greedy.parquet")) == 6
+
+    # Killed after its files, before its manifest: the rerun samples nothing again (the judged greedy file
+    # keeps sample.py's fingerprint) and gives the same metrics.
+    made = {name: (out / name).stat().st_mtime_ns for name in ("samples.parquet", "greedy.parquet")}
+    (out / "manifest.json").unlink()
+    again = run(to_typed(compose("evaluate", over), EvaluateConfig))
+    assert {k: v for k, v in again.items() if k != "preview"} == {
+        k: v for k, v in metrics.items() if k != "preview"
+    }
+    assert (out / "samples.parquet").stat().st_mtime_ns == made["samples.parquet"]
+    assert not (out / "samples.parquet.parts").exists() and not (out / "greedy.parquet.parts").exists()
 
 
 @pytest.mark.slow

@@ -511,7 +511,7 @@ def test_vllm_backend_greedy_matches_transformers_and_seeds_follow_the_prompt(tm
 
     from core.config import ModelConfig
     from core.models import chat_renderer, load_tokenizer
-    from reject_sampling.backends import HFBackend
+    from reject_sampling.backends import TransformersBackend
     from reject_sampling.config import SamplingConfig
     from reject_sampling.sample import render_prompts
 
@@ -529,7 +529,9 @@ def test_vllm_backend_greedy_matches_transformers_and_seeds_follow_the_prompt(tm
     model = ModelConfig(path=policy)
     tokenizer = load_tokenizer(model)
     questions = [f"What is {i} + {2 * i + 1}? Show every step of the computation." for i in range(8)]
-    transformers = HFBackend(model, SamplingConfig(n=2, temperature=0, max_new_tokens=20), tokenizer)
+    transformers = TransformersBackend(
+        model, SamplingConfig(n=2, temperature=0, max_new_tokens=20), tokenizer
+    )
     expected = transformers.generate(
         render_prompts(chat_renderer(model, tokenizer), questions), [f"p{i}" for i in range(8)]
     )

@@ -118,7 +118,7 @@ def prepare(
     if not examples:
         raise DataError(
             f"no SFT examples left: {len(rows)} read, {dropped} longer than max_length={max_length} dropped. "
-            f"Raise sft.max_length, set sft.overlength=truncate, or check the inputs {[str(s.file) for s in sources]}"
+            f"Raise sft.max_length, set train.overlength=truncate, or check the inputs {[str(s.file) for s in sources]}"
         )
     log.info(
         "SFT data: %d examples (%d dropped, %d truncated over %d tokens), %d tokens",
