@@ -338,6 +338,24 @@ def resolve_input(
     return path, sha256_file(path), None
 
 
+def read_jsonl(file: str | os.PathLike, error: type[Exception]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file. A line that is not JSON, or not a JSON
+    object, raises `error` naming the file and the line, so each stage keeps its own error class."""
+    rows = []
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{file}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{file}: line {lineno} is a JSON {type(row).__name__}, not an object")
+            rows.append((lineno, row))
+    return rows
+
+
 def write_manifest(stage_dir: str | os.PathLike, manifest: Manifest) -> Path:
     """Write the manifest LAST: its presence is what marks the stage's output complete."""
     manifest.finished_at = time.time()

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import grpo.rewards  # noqa: F401  registers the reasoning_gym verifier in core.verifier's registry
-from core.artifacts import atomic_path
+from core.artifacts import atomic_path, read_jsonl
 from core.config import CONF_DIR
 from core.verifier import verify_batch
 from evaluation.config import BenchmarkConfig
@@ -194,18 +194,7 @@ def normalise_answer(value: Any, answer_format: str) -> str:
 
 
 def _jsonl(file: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{file}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{file}: line {lineno} is a JSON {type(row).__name__}, not an object")
-            rows.append((lineno, row))
+    rows = read_jsonl(file, BenchmarkError)
     if not rows:
         raise BenchmarkError(f"{file}: no rows")
     return rows

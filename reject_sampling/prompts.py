@@ -14,7 +14,6 @@ file, the row (0-based for parquet, 1-based line numbers for JSONL / text) and t
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from core.artifacts import resolve_input
+from core.artifacts import read_jsonl, resolve_input
 from reject_sampling.config import PromptSource
 
 PROMPTS_OUTPUT = "prompts"
@@ -82,23 +81,13 @@ def _parquet_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[s
 
 def _jsonl_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:
     rows, keys = [], set()
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{file}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise PromptError(f"{file}: line {lineno} is a JSON {type(row).__name__}, not an object")
-            if src.prompt_column not in row:
-                raise PromptError(
-                    f"{file}: line {lineno} has no '{src.prompt_column}' key (prompt_column); "
-                    f"it has {sorted(row)}"
-                )
-            keys.update(row)
-            rows.append((f"line {lineno}", row))
+    for lineno, row in read_jsonl(file, PromptError):
+        if src.prompt_column not in row:
+            raise PromptError(
+                f"{file}: line {lineno} has no '{src.prompt_column}' key (prompt_column); it has {sorted(row)}"
+            )
+        keys.update(row)
+        rows.append((f"line {lineno}", row))
     return rows, keys
 
 

@@ -326,8 +326,9 @@ def eval_dir(tmp_path_factory) -> Path:
 
 
 CONTRACT = {"benchmark", "pass@1", "pass@1_stderr", "samples_per_prompt", "prompts", "protocol"}
+# The columns of rejection sampling's scored.parquet: rm_score is null without a reward model.
 SCORED = ["id", "prompt", "answer", "sample_idx", "completion", "finish_reason", "n_tokens", "policy", "correct",
-          "format_ok", "answer_key"]  # fmt: skip
+          "format_ok", "answer_key", "rm_score"]  # fmt: skip
 
 
 @pytest.mark.slow

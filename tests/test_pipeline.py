@@ -679,7 +679,7 @@ FAMILY_RUN = [
     "grpo.grpo.per_device_train_batch_size=8",
     "grpo.grpo.num_generations=4",
     "grpo.grpo.max_completion_length=16",
-    "grpo.data.max_prompts=8",
+    "grpo.data.sample_prompts=8",
     "grpo.generation.backend=transformers",
 ]
 
