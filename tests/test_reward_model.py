@@ -5,11 +5,8 @@ and resumes from its finished chunks, training resumes after SIGKILL."""
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +23,7 @@ from reward_model import score, stage
 from reward_model.config import RMStageConfig, ScoreConfig
 from reward_model.data import PairsError, SequenceEncoder, encode_pairs, read_pairs
 from tests.conftest import kill_at_checkpoint_then_rerun, offline_env
+from tests.kill import kill_after_first_part
 
 ANSWER = "</think> The answer is \\boxed{82}."
 LONG_TRACE = "<think>" + "Let me check this step again. " * 120 + "61+38=99. 99-17=82." + ANSWER
@@ -343,30 +341,6 @@ def score_cmd(model_dir: str, src: Path, out: Path) -> list[str]:
     ]
 
 
-def kill_after_first_part(cmd: list[str], out: Path, timeout: float = 180) -> int:
-    """Start `cmd`, SIGKILL it once a chunk part exists, check it left no output; the parts it left."""
-    parts = out.with_name(out.name + ".parts")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=CONF_DIR.parent,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + timeout
-    while not any(parts.glob("part-*.parquet")):
-        assert proc.poll() is None, "scoring ended before it could be killed"
-        assert time.time() < deadline, f"no part in {parts} within {timeout} s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not out.exists(), "the run finished before the kill: give it more rows"
-    done = len(list(parts.glob("part-*.parquet")))
-    assert 1 <= done < KILL_ROWS // KILL_CHUNK_ROWS
-    return done
-
-
 def rerun(cmd: list[str]) -> str:
     done = subprocess.run(
         cmd, cwd=CONF_DIR.parent, env=offline_env(), capture_output=True, text=True, timeout=300
@@ -381,6 +355,7 @@ def test_rerun_with_another_reward_model_after_a_kill_gives_only_that_models_sco
     (they were: the parts were reused whatever model had made them)."""
     out = tmp_path / "scored.parquet"
     done_by_a = kill_after_first_part(score_cmd(kill_setup["a"], kill_setup["src"], out), out)
+    assert 1 <= done_by_a < KILL_ROWS // KILL_CHUNK_ROWS
     log = rerun(score_cmd(kill_setup["b"], kill_setup["src"], out))
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == [f"s{i}" for i in range(KILL_ROWS)]
@@ -396,6 +371,7 @@ def test_rerun_with_the_same_reward_model_after_a_kill_resumes(kill_setup, tmp_p
     out = tmp_path / "scored.parquet"
     cmd = score_cmd(kill_setup["a"], kill_setup["src"], out)
     done = kill_after_first_part(cmd, out)
+    assert 1 <= done < KILL_ROWS // KILL_CHUNK_ROWS
     log = rerun(cmd)
     # Only the chunks the killed run had not finished are scored again.
     assert f"resuming: {done} of {KILL_ROWS // KILL_CHUNK_ROWS} chunks done" in log and "removing" not in log

@@ -4,13 +4,10 @@ LoRA adapters, and greedy vLLM == greedy transformers on a briefly fine-tuned ti
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +30,7 @@ from reject_sampling.sample import (
     shard_output_path,
 )
 from tests.conftest import offline_env
+from tests.kill import kill_after_first_part
 
 REPO = CONF_DIR.parent
 COLUMNS = ["id", "prompt", "answer", "sample_idx", "completion", "finish_reason", "n_tokens", "policy"]
@@ -406,25 +404,6 @@ def test_lora_adapter_is_applied(tmp_path, policy, lora, one_thread):
     assert with_adapter != texts(policy, "base")
 
 
-def _kill_after_first_part(cmd: list[str], parts: Path, output: Path, timeout: float = 120) -> None:
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=offline_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + timeout
-    while not any(parts.glob("part-*.parquet")):
-        assert proc.poll() is None, "sampling ended before it could be killed"
-        assert time.time() < deadline, f"no part in {parts} within {timeout} s"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not output.exists(), "the run finished before the kill: make it longer"
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, policy, one_thread):
     prompts = write_prompts(tmp_path / "p.parquet", 30)
@@ -432,8 +411,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, policy, one_t
     output = tmp_path / "killed" / "samples.parquet"
     parts = output.with_name(output.name + ".parts")
     cmd = sample_cmd(policy, prompts, output, *settings)
-    _kill_after_first_part(cmd, parts, output)
-    done_before = len(list(parts.glob("part-*.parquet")))
+    done_before = kill_after_first_part(cmd, output, timeout=120)
     assert 1 <= done_before < 15
 
     resumed = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=300)
