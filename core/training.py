@@ -376,6 +376,7 @@ def trl_args(
     `bf16` is not resolved (False unless set), `tf32` (which queries the GPU) is left out and DeepSpeed's
     environment is not read; the checks that need the device run when the stage builds its real config,
     before the model loads. Everything else on the returned object is what the stage will train with.
+    Building it (`processes=None`) also seeds Python, numpy and torch with its `seed`, as the trainer will.
     """
     import dataclasses
     import difflib
@@ -423,10 +424,18 @@ def trl_args(
         build, context = _launched_as(cls, processes), _without_env("ACCELERATE_USE_DEEPSPEED")
     try:
         with context:
-            return build(**kwargs)
+            args = build(**kwargs)
     except (ValueError, TypeError) as e:
         launched = f" with {n} process{'es' if n > 1 else ''}" if processes is not None else ""
         raise TrlArgsError(f"{where}: {name} refused its arguments{launched}: {e}") from e
+    if processes is None:
+        # Seeded before the stage loads its model, not only at the trainer's init: a layer the checkpoint
+        # lacks (the reward model's score head) is initialised by from_pretrained from torch's global RNG,
+        # which was in another state in every process, so two identical runs trained different reward models.
+        from transformers import set_seed
+
+        set_seed(args.seed)
+    return args
 
 
 def _check_types(cls: type, values: dict[str, Any], where: str, name: str) -> None:

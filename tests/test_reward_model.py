@@ -131,6 +131,20 @@ def test_training_writes_a_scorer_with_held_out_metrics(trained_rm):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
+def test_two_runs_of_one_config_train_the_same_reward_model(tmp_path, tiny_model, sft_data):
+    """The score head the policy checkpoint lacks is initialised from the config's seed, not from torch's
+    global RNG (seeded differently in every process, and advanced by a first run in this one): two runs
+    gave two reward models, so nothing downstream of one (rejection sampling's scores and selection, the
+    next round) could be reproduced."""
+    weights = []
+    for name in ("a", "b"):
+        overrides = [*rm_overrides(tmp_path / name, tiny_model["policy"], sft_data), "rm.max_steps=2"]
+        cfg = to_typed(compose("reward_model", overrides), RMStageConfig)
+        stage.run(cfg)
+        weights.append(sha256_file(Path(cfg.output_dir) / "model" / "model.safetensors"))
+    assert weights[0] == weights[1]
+
+
 def train_on_pairs(run_dir: Path, model_dir: str, pairs: Path, steps: int) -> dict:
     """The reward-model stage's metrics after `steps` steps on `pairs` from `model_dir`."""
     overrides = [*rm_overrides(run_dir, model_dir, pairs), f"rm.max_steps={steps}"]
