@@ -16,6 +16,7 @@ from typing import Any
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 _BOXED = "\\boxed"
+_BRACE = re.compile(r"[{}]")
 
 
 def user_content(instruction: str, input: str = "", suffix: str = "") -> str:
@@ -79,24 +80,37 @@ def split_think(text: str) -> ThinkSplit:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (balanced braces) in `text`, or None."""
+    """Content of the last `\\boxed{...}` (balanced braces) in `text`, or None.
+
+    Linear in the text's length: every brace is matched once, in one pass, before the boxes are looked at
+    from the last one back. (Scanning forward from each box for its closing brace took quadratic time: a
+    sampled completion of 20,000 unclosed `\\boxed{` took five minutes, outside any verifier time limit.)
+    """
     idx = text.rfind(_BOXED)
+    if idx < 0:
+        return None
+    closing = _matching_braces(text, text.find(_BOXED))
     while idx >= 0:
         i = idx + len(_BOXED)
         while i < len(text) and text[i] == " ":
             i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j]
-                j += 1
+        if i < len(text) and text[i] == "{" and i in closing:
+            return text[i + 1 : closing[i]]
         idx = text.rfind(_BOXED, 0, idx)
     return None
+
+
+def _matching_braces(text: str, start: int) -> dict[int, int]:
+    """Position of each `{` at or after `start` -> the position of the `}` that closes it (unclosed ones are
+    left out; a `}` with nothing open is ignored)."""
+    closing: dict[int, int] = {}
+    open_at: list[int] = []
+    for m in _BRACE.finditer(text, start):
+        if m.group() == "{":
+            open_at.append(m.start())
+        elif open_at:
+            closing[open_at.pop()] = m.start()
+    return closing
 
 
 def count_boxed(text: str) -> int:
