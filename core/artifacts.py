@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -175,9 +176,31 @@ def git_revision() -> str | None:
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
+# What a write that fails for want of room or of a writable disk raises (not a missing input, say).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+class WriteError(OSError):
+    """An output that could not be written (disk full, quota, file too large, read-only file system, I/O
+    error), raised where the write failed with the output's name; nothing is left under that name."""
+
+
+def write_error(e: OSError, path: str | os.PathLike) -> OSError:
+    """`e` as a WriteError naming `path` when it is a failed write (WRITE_ERRNOS), else `e` itself."""
+    if isinstance(e, WriteError) or e.errno not in WRITE_ERRNOS:
+        return e
+    return WriteError(
+        e.errno,
+        f"cannot write {path}: {os.strerror(e.errno)}; nothing was left under that name (make room and run "
+        f"again: a finished step is kept, the rest is redone)",
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `final_path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `final_path`; rename it into place only if the block succeeds. A block
+    (or rename) that fails leaves neither the temporary file nor anything under `final_path`; a failed write
+    (a full disk) is raised as a WriteError naming `final_path`."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
@@ -186,6 +209,10 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, final_path)
+    except OSError as e:
+        if (failure := write_error(e, final_path)) is e:
+            raise
+        raise failure from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -200,7 +227,10 @@ class ParquetSink:
     """Streams record batches into a parquet file under a temporary name; `close()` renames it in place.
 
     Writing incrementally keeps memory bounded whatever the input size. If the process dies, only the
-    temporary file is left behind and the next run overwrites it.
+    temporary file is left behind and the next run overwrites it. A write that fails (a full disk) leaves
+    nothing: `close()` removes the temporary file when it cannot finish it, and `abort()` removes this
+    sink's file whatever state it is in, the final one too when `close()` had already renamed it (a stage
+    that fails after closing some of its outputs keeps none of them under their final names).
     """
 
     def __init__(
@@ -222,6 +252,7 @@ class ParquetSink:
         self._row_group_size = row_group_size
         # Rows holding 16k-token traces are ~60 KB each: flush by size too, so memory stays bounded.
         self._max_buffer_bytes = max_buffer_bytes
+        self._renamed = False
         self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
 
     def write(self, row: dict[str, Any]) -> None:
@@ -232,21 +263,39 @@ class ParquetSink:
 
     def flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            try:
+                self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            except OSError as e:
+                if (failure := write_error(e, self.path)) is e:
+                    raise
+                raise failure from None
             self.rows += len(self._buffer)
             self._buffer.clear()
             self._buffer_bytes = 0
 
     def close(self) -> OutputFile:
-        self.flush()
-        self._writer.close()
-        os.replace(self.tmp_path, self.path)
+        try:
+            self.flush()
+            self._writer.close()
+            os.replace(self.tmp_path, self.path)
+        except OSError as e:
+            self.abort()
+            if (failure := write_error(e, self.path)) is e:
+                raise
+            raise failure from None
+        except BaseException:
+            self.abort()
+            raise
+        self._renamed = True
         return describe_file(self.path, self.stage_dir, rows=self.rows, columns=self.schema.names)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
         self.tmp_path.unlink(missing_ok=True)
+        if self._renamed:
+            self.path.unlink(missing_ok=True)
+            self._renamed = False
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> OutputFile:
