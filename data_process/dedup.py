@@ -34,14 +34,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from core.artifacts import (
+    read_jsonl,
+    read_parquet_rows,
+    read_parquet_schema,
+    read_text_lines,
+    require_text_columns,
+)
 
 _ENUM_PREFIX = re.compile(
     r"^\s*(?:(?:example|problem|exercise|task|question)\s*)?\d+(?:\.\d+)*\s*[.):]\s*", re.I
@@ -127,6 +133,10 @@ class NearDuplicateIndex:
         return True
 
 
+class DecontaminationError(ValueError):
+    """A decontamination source that cannot be read: the message names the file (and the line or column)."""
+
+
 def read_eval_prompts(path: str | Path) -> list[str]:
     """Evaluation prompts from a parquet (prompt / problem / question column), JSONL or text file."""
     path = Path(path)
@@ -134,23 +144,32 @@ def read_eval_prompts(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"decontamination file {path} does not exist")
     columns = ("prompt", "problem", "question", "instruction")
     if path.suffix == ".parquet":
-        names = pq.read_schema(path).names
-        column = next((c for c in columns if c in names), None)
+        schema = read_parquet_schema(path, DecontaminationError)
+        column = next((c for c in columns if c in schema.names), None)
         if column is None:
-            raise ValueError(f"{path}: no prompt column; expected one of {list(columns)}, found {names}")
-        return [t for t in pq.read_table(path, columns=[column]).column(column).to_pylist() if t]
+            raise DecontaminationError(
+                f"{path}: no prompt column; expected one of {list(columns)}, found {schema.names}"
+            )
+        require_text_columns(path, schema, [column], DecontaminationError)
+        rows = read_parquet_rows(path, [column], DecontaminationError)
+        return [t for row in rows if isinstance(t := row[column], str) and t]
     if path.suffix in (".jsonl", ".json"):
         texts = []
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
+        for line_no, record in read_jsonl(path, DecontaminationError):
             column = next((c for c in columns if c in record), None)
             if column is None:
-                raise ValueError(f"{path}:{line_no}: no prompt field; expected one of {list(columns)}")
-            texts.append(record[column])
+                raise DecontaminationError(
+                    f"{path}: line {line_no}: no prompt field; expected one of {list(columns)}"
+                )
+            text = record[column]
+            if text is not None and not isinstance(text, str):
+                raise DecontaminationError(
+                    f"{path}: line {line_no}: field '{column}' is a {type(text).__name__}, not text"
+                )
+            if text:
+                texts.append(text)
         return texts
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    return [line for _, line in read_text_lines(path, DecontaminationError) if line.strip()]
 
 
 def words(text: str) -> list[str]:

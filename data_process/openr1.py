@@ -25,6 +25,7 @@ Rows are read one record batch at a time, so memory stays bounded whatever the i
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.artifacts import first_line, read_parquet_schema, undecodable_cells
+
+log = logging.getLogger(__name__)
 MESSAGE_TYPE = pa.struct([("content", pa.string()), ("role", pa.string())])
 
 OPENR1_SCHEMA = pa.schema(
@@ -190,7 +194,7 @@ def plan_shards(input_dir: str | Path, subsets: list[str] | None = None) -> Shar
     if not root.exists():
         raise FileNotFoundError(f"input_dir {root} does not exist")
     if root.is_file():
-        return ShardPlan(root, [_shard(root, "")], {})
+        return _with_rows(ShardPlan(root, [_shard(root, "")], {}))
     found, skipped = _find(root)
     wanted = _expand_subsets(subsets, found, root)
     present = {f.folder for f in found}
@@ -204,7 +208,18 @@ def plan_shards(input_dir: str | Path, subsets: list[str] | None = None) -> Shar
     if not shards:
         why = "; ".join(sorted(set(skipped.values()))) or "no parquet files"
         raise FileNotFoundError(f"nothing to read under {root}: {why}")
-    return ShardPlan(root, sorted(shards, key=_read_order), skipped)
+    return _with_rows(ShardPlan(root, sorted(shards, key=_read_order), skipped))
+
+
+def _with_rows(plan: ShardPlan) -> ShardPlan:
+    """The plan, unless its files hold no row at all (empty parquet files): an error naming them, since
+    every output would be empty."""
+    if not any(s.rows for s in plan.shards):
+        names = [plan._rel(s.path) for s in plan.shards][:5]
+        raise SchemaError(
+            f"nothing to read under {plan.root}: its {len(plan.shards)} parquet file(s) {names} hold 0 rows"
+        )
+    return plan
 
 
 def _read_order(shard: Shard) -> tuple[int, str]:
@@ -216,7 +231,16 @@ def _read_order(shard: Shard) -> tuple[int, str]:
 
 
 def _shard(path: Path, subset: str) -> Shard:
-    return Shard(path=path, subset=subset, rows=pq.ParquetFile(path).metadata.num_rows)
+    """The file as a shard to read; an empty, truncated or corrupt file (or one in another format) is a
+    SchemaError naming it, before any row is read."""
+    read_parquet_schema(path, SchemaError)
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise SchemaError(
+            f"{path}: not a readable parquet file ({first_line(e)}); re-download or remove it"
+        ) from None
+    return Shard(path=path, subset=subset, rows=rows)
 
 
 def _subset_of(folder: str, name: str) -> str:
@@ -294,13 +318,56 @@ def _duplicate_reason(f: _Found, present: set[str]) -> str | None:
 
 def validate_shards(shards: list[Shard], required: tuple[str, ...] = REQUIRED_COLUMNS) -> None:
     for shard in shards:
-        validate_schema(shard.path, pq.read_schema(shard.path), required)
+        validate_schema(shard.path, read_parquet_schema(shard.path, SchemaError), required)
+
+
+# What a row whose text is not UTF-8 becomes (records.malformed_reason drops it as `invalid_utf8`): the
+# column it was found in, nothing else of it can be read.
+UNDECODABLE = "_undecodable_column"
 
 
 def iter_batches(shard: Shard, batch_size: int = 256) -> Iterator[list[dict[str, Any]]]:
     """The columns data_process reads (required + optional ones present), one record batch of row dicts
-    at a time: memory is bounded by `batch_size`, whatever the shard's size."""
+    at a time: memory is bounded by `batch_size`, whatever the shard's size.
+
+    A row holding text that is not UTF-8 (parquet stores bytes; pyarrow checks nothing on read) comes as
+    `{UNDECODABLE: column}`, for the stage to drop and count, and is logged with its file, row and column.
+    Data that cannot be read at all (a page corrupt behind a readable footer) is a SchemaError naming the
+    file and the rows."""
     pf = pq.ParquetFile(shard.path)
     columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in pf.schema_arrow.names]
-    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-        yield batch.to_pylist()
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+    start = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise SchemaError(
+                f"{shard.path}: cannot read rows {start}-{min(start + batch_size, shard.rows) - 1} of {shard.rows} "
+                f"({first_line(e)}); the file "
+                f"is corrupt: re-download or remove it"
+            ) from None
+        try:
+            rows = batch.to_pylist()
+        except UnicodeDecodeError:
+            rows = _rows_with_undecodable_text(shard, batch, start)
+        yield rows
+        start += batch.num_rows
+
+
+def _rows_with_undecodable_text(shard: Shard, batch: pa.RecordBatch, start: int) -> list[dict[str, Any]]:
+    bad = {}
+    for row, column in undecodable_cells(batch):
+        bad.setdefault(row, column)
+    for row, column in sorted(bad.items()):
+        log.warning(
+            "%s: row %d, column '%s' is not UTF-8 text: dropped (invalid_utf8)",
+            shard.path,
+            start + row,
+            column,
+        )
+    good = [i for i in range(batch.num_rows) if i not in bad]
+    decoded = iter(batch.take(pa.array(good, pa.int64())).to_pylist())
+    return [{UNDECODABLE: bad[i]} if i in bad else next(decoded) for i in range(batch.num_rows)]

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from core.chat import split_think
 from core.verifier import UNJUDGEABLE_GOLDS
+from data_process.openr1 import UNDECODABLE
 
 SFT_SCHEMA = pa.schema(
     [
@@ -70,11 +71,14 @@ def malformed_reason(row: dict[str, Any]) -> str | None:
     """Why a row cannot be used at all (a drop reason for the manifest), or None if it is well formed.
 
     Only what no trace can do without is a drop reason: a problem, a gold answer that can be judged, at
-    least one generation, no null generation, and per-trace lists that can be lined up with the
+    least one generation, no null generation, text that is UTF-8 (`invalid_utf8`: openr1.iter_batches could
+    not decode the row), and per-trace lists that can be lined up with the
     generations. A null or short per-trace list is missing information about some traces (real row 0 has
     `finish_reasons` and `correctness_llama` null): the row is kept and the gap counted by
     `missing_row_flags` / `missing_trace_flags`.
     """
+    if UNDECODABLE in row:
+        return "invalid_utf8"
     problem, answer, generations = row.get("problem"), row.get("answer"), row.get("generations")
     if not problem or not str(problem).strip():
         return "empty_problem"

@@ -17,9 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from core.artifacts import resolve_input
+from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
 from core.chat import ChatRenderer
 from core.verifier import UNJUDGEABLE_GOLDS
 from grpo.config import GRPOData, ReasoningGymTask
@@ -39,7 +37,8 @@ class PreparedPrompts:
 
 
 def read_prompt_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
-    names = pq.read_schema(path).names
+    schema = read_parquet_schema(path, PromptsError)
+    names = schema.names
     missing = [c for c in PROMPT_COLUMNS if c not in names]
     if missing:
         raise PromptsError(
@@ -47,8 +46,9 @@ def read_prompt_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
         )
     if split is not None and "split" not in names:
         raise PromptsError(f"{path} has no `split` column; set data.split=null to use every row")
+    require_text_columns(path, schema, ("prompt",), PromptsError)
     columns = [c for c in ("id", "prompt", "answer", "split") if c in names]
-    rows = pq.read_table(path, columns=columns).to_pylist()
+    rows = read_parquet_rows(path, columns, PromptsError)
     for i, row in enumerate(rows):
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise PromptsError(f"{path}: row {i} has an empty or null 'prompt'")
@@ -139,7 +139,8 @@ def prepare(
     }
     if not kept:
         raise PromptsError(
-            f"no prompts left: {read} read, {stats['dropped_unjudgeable_gold']} with an unjudgeable gold, "
+            f"no prompts left in {data.prompts or 'the reasoning-gym tasks'}: {read} read, "
+            f"{stats['dropped_unjudgeable_gold']} with an unjudgeable gold, "
             f"{stats['dropped_overlength']} longer than max_prompt_length={max_prompt_length}"
         )
     examples = [

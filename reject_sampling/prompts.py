@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from core.artifacts import read_jsonl, resolve_input
+from core.artifacts import (
+    read_jsonl,
+    read_parquet_rows,
+    read_parquet_schema,
+    read_text_lines,
+    require_text_columns,
+    resolve_input,
+)
 from reject_sampling.config import PromptSource
 
 PROMPTS_OUTPUT = "prompts"
@@ -67,7 +72,8 @@ def resolve_prompt_file(path: str | Path) -> tuple[Path, str]:
 
 
 def _parquet_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:
-    names = pq.read_schema(file).names
+    schema = read_parquet_schema(file, PromptError)
+    names = schema.names
     if src.prompt_column not in names:
         raise PromptError(
             f"{file}: missing column '{src.prompt_column}' (prompt_column); found {names}. "
@@ -75,7 +81,8 @@ def _parquet_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[s
         )
     wanted = [src.prompt_column, src.id_column, src.answer_column, SPLIT_COLUMN, SOURCE_COLUMN]
     columns = [c for c in dict.fromkeys(wanted) if c in names]
-    rows = pq.read_table(file, columns=columns).to_pylist()
+    require_text_columns(file, schema, [src.prompt_column], PromptError)
+    rows = read_parquet_rows(file, columns, PromptError)
     return [(f"row {i}", row) for i, row in enumerate(rows)], set(columns)
 
 
@@ -92,12 +99,11 @@ def _jsonl_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[str
 
 
 def _text_rows(file: Path, src: PromptSource) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:
-    with open(file, encoding="utf-8") as f:
-        rows = [
-            (f"line {lineno}", {src.prompt_column: line.rstrip("\n")})
-            for lineno, line in enumerate(f, start=1)
-            if line.strip()
-        ]
+    rows = [
+        (f"line {lineno}", {src.prompt_column: line})
+        for lineno, line in read_text_lines(file, PromptError)
+        if line.strip()
+    ]
     return rows, {src.prompt_column}
 
 
@@ -132,7 +138,11 @@ def load_prompts(src: PromptSource) -> PromptSet:
 
 def _to_prompt(file: Path, where: str, row: dict[str, Any], src: PromptSource) -> Prompt:
     question = row.get(src.prompt_column)
-    if not isinstance(question, str) or not question.strip():
+    if question is not None and not isinstance(question, str):
+        raise PromptError(
+            f"{file}: {where}: '{src.prompt_column}' (prompt_column) is a {type(question).__name__}, not text"
+        )
+    if question is None or not question.strip():
         raise PromptError(f"{file}: {where} has an empty or null '{src.prompt_column}' (prompt_column)")
     given = _text(row.get(src.id_column))
     return Prompt(

@@ -163,7 +163,7 @@ def merged_fingerprint(cfg: SampleConfig, prompts: list[Prompt]) -> dict[str, An
     return merged
 
 
-def context_limit(cfg: SampleConfig, longest_prompt: int) -> int | None:
+def context_limit(cfg: SampleConfig, longest_prompt: int, which: str = "the longest prompt") -> int | None:
     """vLLM's max_model_len: the configured one, else longest prompt + max_new_tokens, capped at the model's
     context (a completion that reaches it ends with finish_reason 'length')."""
     from transformers import AutoConfig
@@ -178,8 +178,8 @@ def context_limit(cfg: SampleConfig, longest_prompt: int) -> int | None:
         limit = model_max
     if longest_prompt >= limit:
         raise ValueError(
-            f"the longest prompt has {longest_prompt} tokens, no room to generate within a context of {limit}; "
-            f"raise sampling.max_model_len or shorten the prompts"
+            f"{which} has {longest_prompt} tokens, no room to generate within a context of {limit}; "
+            f"raise sampling.max_model_len, or shorten or drop the prompt"
         )
     return limit
 
@@ -269,14 +269,19 @@ def run(cfg: SampleConfig) -> Path:
         renderer = chat_renderer(cfg.model, tokenizer)
         rendered = render_prompts(renderer, [p.prompt for p in prompts])
         log.info("sample: first prompt as given to the model:\n%s", rendered[0])
-        longest = max(len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        which = (
+            f"prompt '{prompts[longest].id}' (the longest; {prompt_set.file}, "
+            f"column '{cfg.prompts.prompt_column}')"
+        )
         backend = make_backend(
             cfg.model,
             cfg.sampling,
             tokenizer,
             adapter=cfg.adapter,
             use_cpu=resolve_use_cpu(cfg.use_cpu),
-            max_model_len=context_limit(cfg, longest),
+            max_model_len=context_limit(cfg, lengths[longest], which),
             progress=False,
         )
         policy = cfg.model.name or cfg.model.path

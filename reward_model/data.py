@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from core.artifacts import resolve_input
+from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
 from core.chat import ChatRenderer
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -42,13 +40,15 @@ def resolve_pairs(path: str | Path) -> tuple[Path, str]:
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
-    names = pq.read_schema(path).names
+    schema = read_parquet_schema(path, PairsError)
+    names = schema.names
     missing = [c for c in PAIR_COLUMNS if c not in names]
     if missing:
         raise PairsError(
             f"{path}: missing column(s) {missing}; pairs need {list(PAIR_COLUMNS)}; found {names}"
         )
-    rows = pq.read_table(path, columns=[c for c in ("id", *PAIR_COLUMNS) if c in names]).to_pylist()
+    require_text_columns(path, schema, PAIR_COLUMNS, PairsError)
+    rows = read_parquet_rows(path, [c for c in ("id", *PAIR_COLUMNS) if c in names], PairsError)
     for i, row in enumerate(rows):
         for c in PAIR_COLUMNS:
             if not isinstance(row[c], str) or not row[c].strip():

@@ -28,7 +28,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from core.artifacts import fingerprint_dir, sha256_file
+from core.artifacts import (
+    fingerprint_dir,
+    first_line,
+    read_parquet_schema,
+    require_text_columns,
+    require_text_values,
+    sha256_file,
+)
 from core.chunks import ChunkedOutput
 from core.config import hashed_view
 from core.models import chat_renderer, load_tokenizer, require_model_dir
@@ -104,16 +111,38 @@ def fingerprint(cfg: ScoreConfig, input_identity: str) -> dict[str, Any]:
     }
 
 
-def run(cfg: ScoreConfig) -> Path:
-    source, output = Path(cfg.input), Path(cfg.output)
+class ScoreInputError(ValueError):
+    """The rows to score cannot be read or scored: the message names the file, the row and the column."""
+
+
+def check_input(cfg: ScoreConfig) -> pa.Schema:
+    """At the door, before the reward model loads: the input is a readable parquet file whose prompt and
+    completion columns are text, every value UTF-8 and not null (an empty completion is scored like any
+    other: a model may stop at once). Returns its schema."""
+    source = Path(cfg.input)
     if not source.exists():
         raise FileNotFoundError(f"input {source} does not exist")
-    schema = pq.read_schema(source)
-    missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in schema.names]
+    schema = read_parquet_schema(source, ScoreInputError)
+    columns = [cfg.prompt_column, cfg.completion_column]
+    missing = [c for c in columns if c not in schema.names]
     if missing:
-        raise ValueError(
+        raise ScoreInputError(
             f"{source}: missing column(s) {missing}; found {schema.names} (set prompt_column / completion_column)"
         )
+    require_text_columns(source, schema, columns, ScoreInputError)
+    try:
+        table = pq.read_table(source, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise ScoreInputError(
+            f"{source}: cannot read its rows ({first_line(e)}); the file is truncated or corrupt"
+        ) from None
+    require_text_values(source, table, columns, ScoreInputError)
+    return schema
+
+
+def run(cfg: ScoreConfig) -> Path:
+    source, output = Path(cfg.input), Path(cfg.output)
+    schema = check_input(cfg)
     require_model_dir(cfg.model.path, "reward model")
     chunked = ChunkedOutput(
         output,

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from core.artifacts import resolve_input
+from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
 from core.chat import ChatRenderer
 from train_sft.config import DataSource
 
@@ -50,15 +48,16 @@ def resolve_source(source: DataSource) -> ResolvedSource:
 
 
 def read_records(source: ResolvedSource) -> list[dict[str, Any]]:
-    schema = pq.read_schema(source.file)
+    schema = read_parquet_schema(source.file, DataError)
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise DataError(
             f"{source.file}: missing column(s) {missing}; SFT records need {list(REQUIRED_COLUMNS)} "
             f"(+ optional input, id); found {schema.names}"
         )
+    require_text_columns(source.file, schema, (*REQUIRED_COLUMNS, "input"), DataError)
     columns = [c for c in ("id", "instruction", "input", "output") if c in schema.names]
-    rows = pq.read_table(source.file, columns=columns).to_pylist()
+    rows = read_parquet_rows(source.file, columns, DataError)
     for i, row in enumerate(rows):
         for c in REQUIRED_COLUMNS:
             if not isinstance(row[c], str) or not row[c].strip():
