@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.artifacts import atomic_path, sha256_text, write_json_atomic
+from core.lock import hold, release
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class ChunkedOutput:
         self.n_items, self.chunk_size = n_items, chunk_size
         self.n_chunks = math.ceil(n_items / chunk_size)
         self.force, self.label = force, label
+        self.lock_name, self._locked = f".{self.output.name}.lock", False
 
     @property
     def recorded(self) -> dict[str, Any]:
@@ -215,7 +217,10 @@ class ChunkedOutput:
 
         Parts recorded under the same fingerprint and layout are kept; under another one, without one, or
         with `force`, the directory is removed first. The fingerprint is recorded before any part exists.
+        The output's lock (`.<output>.lock` beside it, core/lock.py) is held from here to `merge`: another
+        live process writing the same output, or the directory it is in, fails here.
         """
+        self._locked = hold(self.output.parent, self.label, name=self.lock_name)
         if self.parts_dir.exists():
             reason = self._restart_reason()
             if reason is not None:
@@ -281,4 +286,7 @@ class ChunkedOutput:
             table = finish(table)
         write_parquet(table, self.output, self.fingerprint)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+        if self._locked:
+            release(self.output.parent, self.lock_name)
+            self._locked = False
         return table

@@ -9,6 +9,11 @@ defaults list).
 Entries name their schema and run function as "module:attribute" strings, imported only when used: the
 schemas' modules import no torch, so composing a config or printing a stage's help stays fast (~0.6 s
 for all stages), and a stage's heavy imports happen in the process that runs it.
+
+`identify` names the function that says, from a typed config, what the stage's run would be (its
+core.lifecycle.StageRun: output directory, config hash, input identities) without doing any of it; the
+stage's own `run` calls the same code. The pipeline asks it whether a step is complete before starting a
+process for it, so its module imports no torch either (tests/test_pipeline.py checks).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Stage:
     training: bool = False  # launched through accelerate (several processes) by the pipeline
     sweep_field: str = "output_dir"  # where each multirun job gets its own `sweep_<n>` folder
     argv: str | None = None  # "module:function" rewriting the command line before Hydra sees it
+    identify: str | None = None  # "module:function": cfg -> its StageRun (None: cannot tell; run it)
 
     def load_schema(self) -> type:
         return load(self.schema)
@@ -46,12 +52,27 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("tiny_model", "tiny_model", "tiny_model.config:TinyModelStageConfig", "tiny_model.stage:run"),
         Stage(
-            "data_process", "data_process", "data_process.config:DataProcessConfig", "data_process.stage:run"
+            "tiny_model",
+            "tiny_model",
+            "tiny_model.config:TinyModelStageConfig",
+            "tiny_model.stage:run",
+            identify="tiny_model.stage:identify",
         ),
         Stage(
-            "train_sft", "train_sft", "train_sft.config:SFTStageConfig", "train_sft.stage:run", training=True
+            "data_process",
+            "data_process",
+            "data_process.config:DataProcessConfig",
+            "data_process.stage:run",
+            identify="data_process.stage:identify",
+        ),
+        Stage(
+            "train_sft",
+            "train_sft",
+            "train_sft.config:SFTStageConfig",
+            "train_sft.stage:run",
+            training=True,
+            identify="train_sft.data:identify",
         ),
         Stage(
             "reward_model",
@@ -59,6 +80,7 @@ STAGES: dict[str, Stage] = {
             "reward_model.config:RMStageConfig",
             "reward_model.stage:run",
             training=True,
+            identify="reward_model.data:identify",
         ),
         Stage("rm_score", "reward_model.score", "reward_model.config:ScoreConfig", "reward_model.score:run"),
         Stage(
@@ -66,6 +88,7 @@ STAGES: dict[str, Stage] = {
             "reject_sampling",
             "reject_sampling.config:RejectSamplingConfig",
             "reject_sampling.stage:run",
+            identify="reject_sampling.stage:identify",
         ),
         Stage(
             "sample",
@@ -79,8 +102,16 @@ STAGES: dict[str, Stage] = {
             "evaluation.config:EvaluateConfig",
             "evaluation.stage:run",
             argv="evaluation.benchmarks:expand_benchmark_overrides",
+            identify="evaluation.stage:identify",
         ),
-        Stage("grpo", "grpo", "grpo.config:GRPOStageConfig", "grpo.stage:run", training=True),
+        Stage(
+            "grpo",
+            "grpo",
+            "grpo.config:GRPOStageConfig",
+            "grpo.stage:run",
+            training=True,
+            identify="grpo.data:identify",
+        ),
         Stage(
             "pipeline",
             "pipeline",

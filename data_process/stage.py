@@ -49,11 +49,15 @@ def unit_hash(*parts: Any) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def synthetic_run(cfg: DataProcessConfig) -> StageRun:
+    return StageRun("synthetic_openr1", cfg.synthetic, Path(cfg.synthetic.output_dir), inputs={})
+
+
 def ensure_synthetic_input(cfg: DataProcessConfig) -> Path:
     """Generate the synthetic OpenR1 shards (once; skipped when their manifest matches)."""
     spec_cfg = cfg.synthetic
-    out = Path(spec_cfg.output_dir)
-    stage = StageRun("synthetic_openr1", spec_cfg, out, inputs={})
+    stage = synthetic_run(cfg)
+    out = stage.out
     if stage.begin() is not None:
         return out
     spec = synthetic.SyntheticSpec(
@@ -330,18 +334,11 @@ def decontamination_metrics(decontam: Decontaminator | None) -> dict[str, Any]:
     return {"ngram": decontam.ngram, "sources": decontam.stats, "index_seconds": decontam.index_seconds}
 
 
-def run(cfg: DataProcessConfig) -> Manifest:
-    out = Path(cfg.output_dir)
-    # Everything that can be wrong with the inputs is checked before the first row is read.
-    tokenizer = load_tokenizer(cfg.model)
-    input_dir = Path(cfg.input_dir) if cfg.input_dir else ensure_synthetic_input(cfg)
-    plan = plan_shards(input_dir, cfg.subsets or None)
-    for line in plan.summary():
-        log.info("data_process: %s", line)
-    shards = plan.shards
-    validate_shards(shards)
-    decontam_sources = decontamination_sources(cfg)
-    decontam = build_decontaminator(cfg, decontam_sources)  # ~0.1 s; a bad file fails before any row is read
+def stage_run(
+    cfg: DataProcessConfig, input_dir: Path, shards: list[Any], decontam_sources: dict[str, Path]
+) -> StageRun:
+    """The run's identity: the raw input (its manifest's content hash when a stage wrote it, else its
+    shards' sizes and mtimes), the tokenizer's files, the decontamination sources."""
     upstream = read_manifest(input_dir)
     inputs = {
         "raw": upstream.content_hash()
@@ -356,7 +353,33 @@ def run(cfg: DataProcessConfig) -> Manifest:
         ),
     }
     inputs.update(decontamination_inputs(cfg, decontam_sources))
-    stage = StageRun(STAGE, cfg, out, inputs)
+    return StageRun(STAGE, cfg, Path(cfg.output_dir), inputs)
+
+
+def identify(cfg: DataProcessConfig) -> StageRun | None:
+    """What `run` would be, without reading a row (the pipeline's skip check). None while the synthetic
+    input of the offline default is still to be generated."""
+    if not cfg.input_dir and not synthetic_run(cfg).complete():
+        return None
+    input_dir = Path(cfg.input_dir or cfg.synthetic.output_dir)
+    shards = plan_shards(input_dir, cfg.subsets or None).shards
+    return stage_run(cfg, input_dir, shards, decontamination_sources(cfg))
+
+
+def run(cfg: DataProcessConfig) -> Manifest:
+    out = Path(cfg.output_dir)
+    # Everything that can be wrong with the inputs is checked before the first row is read, the shards
+    # first (seconds), then the tokenizer (importing transformers takes longer).
+    input_dir = Path(cfg.input_dir) if cfg.input_dir else ensure_synthetic_input(cfg)
+    plan = plan_shards(input_dir, cfg.subsets or None)
+    for line in plan.summary():
+        log.info("data_process: %s", line)
+    shards = plan.shards
+    validate_shards(shards)
+    decontam_sources = decontamination_sources(cfg)
+    decontam = build_decontaminator(cfg, decontam_sources)  # ~0.1 s; a bad file fails before any row is read
+    tokenizer = load_tokenizer(cfg.model)
+    stage = stage_run(cfg, input_dir, shards, decontam_sources)
     if (done := stage.begin()) is not None:
         return done
 

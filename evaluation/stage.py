@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.artifacts import describe_file, write_json_atomic
+from core.artifacts import atomic_path, describe_file, write_json_atomic
 from core.chunks import digest, read_fingerprint
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
@@ -79,12 +79,14 @@ def draw(cfg: EvaluateConfig, out: Path, name: str, greedy: bool) -> Path:
     return draw_samples(cfg, sampling, out / f"{name}.parquet", log_file=out / f"logs/{name}.log")
 
 
-def use_benchmark(cfg: EvaluateConfig, out: Path) -> tuple[EvaluateConfig, Benchmark | None]:
+def use_benchmark(
+    cfg: EvaluateConfig, out: Path, check_golds: bool = True
+) -> tuple[EvaluateConfig, Benchmark | None]:
     """The config to run: with a benchmark, its prompts are the benchmark's problems (written to
     `out/benchmark.jsonl`, the first `prompts.max_prompts` of them kept) and its verifier judges them."""
     if cfg.benchmark is None:
         return cfg, None
-    bench = load_benchmark(cfg.benchmark, cfg.verifier)
+    bench = load_benchmark(cfg.benchmark, cfg.verifier, check=check_golds)
     out.mkdir(parents=True, exist_ok=True)
     prompts = PromptSource(
         path=str(write_prompts(bench, out / BENCHMARK_PROMPTS)),
@@ -119,11 +121,24 @@ def benchmark_metrics(cfg: EvaluateConfig, bench: Benchmark, scored: pd.DataFram
     return metrics
 
 
+def check(cfg: EvaluateConfig, check_golds: bool = True) -> tuple[EvaluateConfig, Benchmark | None, StageRun]:
+    """At the door: the benchmark (its golds checked, its prompt file written) or the prompts, and the
+    models, before anything is loaded. Returns the config to run, the benchmark and the run's identity."""
+    cfg, bench = use_benchmark(cfg, Path(cfg.output_dir), check_golds)
+    _, inputs = check_inputs(cfg, needs_gold=True)
+    return cfg, bench, StageRun(STAGE, cfg, Path(cfg.output_dir), inputs)
+
+
+def identify(cfg: EvaluateConfig) -> StageRun:
+    """What `run` would be (the pipeline's skip check). The golds are not verified again (seconds for
+    MATH-500; the run that finished checked them); a benchmark's prompt file is written only if it changed
+    (evaluation.benchmarks.write_prompts), and its content is the identity."""
+    return check(cfg, check_golds=False)[2]
+
+
 def run(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.output_dir)
-    cfg, bench = use_benchmark(cfg, out)
-    _, inputs = check_inputs(cfg, needs_gold=True)
-    stage = StageRun(STAGE, cfg, out, inputs)
+    cfg, bench, stage = check(cfg)
     if (done := stage.begin()) is not None:
         return done.metrics
     clear_intermediates(out, INTERMEDIATES, force=cfg.force)
@@ -157,7 +172,8 @@ def run(cfg: EvaluateConfig) -> dict:
         outputs["greedy"] = write_table(greedy, greedy_path, read_fingerprint(greedy_path))
     write_json_atomic(out / "metrics.json", metrics)
     title = f"Evaluation: {cfg.name}" + (f" on {bench.name}" if bench is not None else "")
-    (out / "metrics.md").write_text(metrics_markdown(metrics, title))
+    with atomic_path(out / "metrics.md") as tmp:
+        tmp.write_text(metrics_markdown(metrics, title))
     outputs["metrics"] = describe_file(out / "metrics.json", out)
     log.info(
         "%s %s%s: pass@1 %.3f%s over %d prompts x %d samples (%s)",

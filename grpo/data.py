@@ -17,12 +17,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
+from core.artifacts import (
+    fingerprint_dir,
+    read_parquet_rows,
+    read_parquet_schema,
+    require_text_columns,
+    resolve_input,
+)
 from core.chat import ChatRenderer
+from core.lifecycle import StageRun
+from core.models import require_model_dir
 from core.verifier import UNJUDGEABLE_GOLDS
-from grpo.config import GRPOData, ReasoningGymTask
+from grpo.config import GRPOData, GRPOStageConfig, ReasoningGymTask
 from grpo.rewards import REASONING_GYM
 
+STAGE = "grpo"
 PROMPT_COLUMNS = ("prompt", "answer")
 
 
@@ -99,20 +108,37 @@ def trainer_prompt(renderer: ChatRenderer, question: str) -> str:
     return text
 
 
-def prepare(
-    data: GRPOData, renderer: ChatRenderer, max_prompt_length: int, seed: int
-) -> tuple[PreparedPrompts, dict[str, str]]:
-    """The prompts as plain-text examples, their counts, and the identities of the inputs."""
-    rows, identities = [], {}
-    if data.prompts is not None:
-        file, identities["prompts"], _ = resolve_input(
-            data.prompts, "prompts", "prompts source", PromptsError
+def prompts_file(data: GRPOData) -> tuple[Path, str] | None:
+    """(file, identity) of the prompt set, if the data has one."""
+    if data.prompts is None:
+        return None
+    file, identity, _ = resolve_input(data.prompts, "prompts", "prompts source", PromptsError)
+    return file, identity
+
+
+def identify(cfg: GRPOStageConfig) -> StageRun:
+    """The run's identity (the pipeline's skip check, and grpo.stage.run's): the config, the policy, the
+    prompt set, the reasoning-gym version (its generators' code decides the items) and the reward model."""
+    inputs = {"model": fingerprint_dir(require_model_dir(cfg.model.path, "model"))}
+    if (prompts := prompts_file(cfg.data)) is not None:
+        inputs["prompts"] = prompts[1]
+    if cfg.data.reasoning_gym:
+        inputs["reasoning_gym"] = f"reasoning-gym=={metadata.version('reasoning-gym')}"
+    if cfg.rewards.reward_model:
+        reward_model = require_model_dir(
+            cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)"
         )
-        rows += read_prompt_rows(file, data.split)
+        inputs["reward_model"] = fingerprint_dir(reward_model)
+    return StageRun(STAGE, cfg, Path(cfg.output_dir), inputs, round=cfg.round)
+
+
+def prepare(data: GRPOData, renderer: ChatRenderer, max_prompt_length: int, seed: int) -> PreparedPrompts:
+    """The prompts as plain-text examples, and their counts."""
+    rows = []
+    if (prompts := prompts_file(data)) is not None:
+        rows += read_prompt_rows(prompts[0], data.split)
     if data.reasoning_gym:
         rows += reasoning_gym_rows(data.reasoning_gym, seed)
-        # The generators' code decides the items: a new package version is a new input.
-        identities["reasoning_gym"] = f"reasoning-gym=={metadata.version('reasoning-gym')}"
     read = len(rows)
     judgeable = [
         r
@@ -154,4 +180,4 @@ def prepare(
         }
         for r in kept
     ]
-    return PreparedPrompts(examples, stats), identities
+    return PreparedPrompts(examples, stats)

@@ -23,11 +23,9 @@ import torch
 
 from core.artifacts import (
     Manifest,
-    fingerprint_dir,
     write_json_atomic,
 )
-from core.lifecycle import StageRun
-from core.models import chat_renderer, load_tokenizer, require_model_dir
+from core.models import chat_renderer, load_tokenizer
 from core.training import (
     TrlArgsError,
     finish_training,
@@ -45,11 +43,10 @@ from core.training import (
     world_size,
 )
 from grpo.config import LOSS_TYPES, SCALE_REWARDS, GRPOStageConfig
-from grpo.data import PreparedPrompts, PromptsError, prepare
+from grpo.data import STAGE, PreparedPrompts, PromptsError, identify, prepare
 from grpo.rewards import build_reward_functions
 
 log = logging.getLogger(__name__)
-STAGE = "grpo"
 # Logged per step by TRL; summarised in the manifest (first/last tenth, curve).
 CURVES = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "entropy", "kl")
 
@@ -234,20 +231,14 @@ def run(cfg: GRPOStageConfig) -> Manifest:
     out = Path(cfg.output_dir)
     # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
     args = training_args(cfg, out, processes=world_size())
-    model_dir = require_model_dir(cfg.model.path, "model")
-    if cfg.rewards.reward_model:
-        require_model_dir(cfg.rewards.reward_model_path, "reward model (rewards.reward_model_path)")
+    stage = identify(cfg)  # the model directories exist, the prompt source resolves
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)
-    prepared, identities = prepare(cfg.data, renderer, cfg.train.max_prompt_length, args.seed)
+    prepared = prepare(cfg.data, renderer, cfg.train.max_prompt_length, args.seed)
     log.info(
         "grpo: first prompt as given to the policy:\n%s", renderer.prompt(prepared.examples[0]["question"])
     )
     check_prompts(prepared, cfg, args)
-    inputs = {"model": fingerprint_dir(model_dir), **identities}
-    if cfg.rewards.reward_model:
-        inputs["reward_model"] = fingerprint_dir(cfg.rewards.reward_model_path)
-    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
     if (done := stage.begin()) is not None:
         return done
     # 2. Policy, reward functions, trainer; 3. train, resuming from the last checkpoint of a killed run.

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from core.config import CONF_DIR, write_resolved_config
 from core.stages import stage as registered
 from pipeline.config import PipelineConfig
-from pipeline.run import Step, launched, trl_section
+from pipeline.run import Step, complete, launched, trl_section
 
 PLAN_DIR = "plan"
 
@@ -228,15 +228,18 @@ def dry_run(cfg: PipelineConfig, steps: list[Step]) -> dict[str, Any]:
     shutil.rmtree(plan_dir, ignore_errors=True)
     for step in steps:
         write_resolved_config(plan_dir, step.cfg, f"{step.name}.yaml")
+    # Complete now: a run would skip it unless a step before it runs again (its inputs would change).
+    done = [complete(s) for s in steps]
     print(f"dry run: {len(steps)} steps, nothing runs; each step's resolved config in {plan_dir}/<step>.yaml")
-    for i, (step, work) in enumerate(zip(steps, works, strict=True), 1):
-        print(f"[{i}/{len(steps)}] {step.name} ({step.stage}): {work.text}")
+    for i, (step, work, finished) in enumerate(zip(steps, works, done, strict=True), 1):
+        mark = " [complete]" if finished else ""
+        print(f"[{i}/{len(steps)}] {step.name} ({step.stage}){mark}: {work.text}")
     print(summary(steps, works), flush=True)
     return {
         "dry_run": True,
         "plan_dir": str(plan_dir),
         "steps": [
-            {"name": s.name, "stage": s.stage, "overrides": s.overrides, "work": w.text}
-            for s, w in zip(steps, works, strict=True)
+            {"name": s.name, "stage": s.stage, "overrides": s.overrides, "work": w.text, "complete": c}
+            for s, w, c in zip(steps, works, done, strict=True)
         ],
     }

@@ -20,10 +20,18 @@ poorly (a training step takes 0.38 s on one thread, 0.25 s on two), so the pair 
 
 Each stage runs in its own process (a model-loading stage must give its memory back) from a config
 composed here exactly as `python -m <stage> <overrides>` would compose it. All configs are composed before
-the first stage runs, so a typo fails at once. Stages skip themselves when their manifest matches config
-and inputs, so re-running the same command after a crash resumes at the first unfinished stage. The
-plan, each stage's wall time and status go to `runs/<run>/pipeline.json`; each stage's output is also
-kept in `runs/<run>/logs/pipeline/<step>.log`.
+the first stage runs, so a typo fails at once. A step whose output is already complete for its config
+and inputs is skipped here, without starting its process: the stage's `identify` (core/stages.py) is
+asked in this process, just before the step's turn (an upstream step that ran changes its inputs). So
+re-running the same command after a crash resumes at the first unfinished step, and re-running a
+finished pipeline costs about the composition of its configs. TRL checks the training steps from the
+first unfinished one on (importing trl costs ~7 s; a finished step has been checked by its own run).
+
+One pipeline per run directory: the run holds `runs/<run>/.lock` (core/lock.py) while it runs; a second
+pipeline there, or a stage started by hand inside it, fails at once naming this one's pid. The plan, each
+stage's wall time and status go to `runs/<run>/pipeline.json` (a step found complete: `skipped: true`,
+with the seconds of the run that did it); each stage's output is also kept in
+`runs/<run>/logs/pipeline/<step>.log`.
 
 A stage's overrides, in order: `common`, then the stage's section (both from the preset), then the command
 line's overrides of those two sections in argv order (`cli_overrides`, see pipeline/config.py), then what
@@ -46,11 +54,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from core.artifacts import write_json_atomic
+from core.artifacts import manifest_path, write_json_atomic
 from core.config import CONF_DIR, compose, to_typed
 from core.launch import run_stage_process
 from core.layout import RunLayout
-from core.stages import Stage, stage
+from core.lock import hold, release
+from core.stages import Stage, load, stage
 from pipeline.config import PipelineConfig, cli_entries
 
 log = logging.getLogger(__name__)
@@ -261,8 +270,12 @@ def benchmark_steps(cfg: PipelineConfig, run: list[Setting]) -> list[Step]:
 
 def compose_all(steps: list[Step], cfg: PipelineConfig | None = None) -> None:
     """Compose and type every stage's config up front, then have TRL check each training step's TRL section
-    (`trl_section`): a typo or a bad value fails before any work. `cfg` says how many processes each
-    training step is launched with (launcher, accelerate_config); without it, one each."""
+    (`check_trl`): a typo or a bad value fails before any work."""
+    compose_steps(steps)
+    check_trl(steps, cfg)
+
+
+def compose_steps(steps: list[Step]) -> None:
     for step in steps:
         try:
             step.cfg = compose_step(step)
@@ -270,6 +283,11 @@ def compose_all(steps: list[Step], cfg: PipelineConfig | None = None) -> None:
             raise ValueError(
                 f"pipeline step {step.name}: conf/{step.stage}.yaml {step.overrides}: {e}"
             ) from e
+
+
+def check_trl(steps: list[Step], cfg: PipelineConfig | None) -> None:
+    """TRL's own checks of each training step's TRL section (`trl_section`). `cfg` says how many processes
+    each training step is launched with (launcher, accelerate_config); without it, one each."""
     for step in steps:
         if step.stage in TRL_SECTIONS:
             from pipeline.dry_run import processes  # imports this module: not at the top
@@ -305,6 +323,30 @@ def trl_section(stage_name: str, cfg: Any, processes: int) -> Any:
     return build(cfg, Path(cfg.output_dir), processes=processes)
 
 
+def complete(step: Step) -> bool:
+    """Whether the step's output is complete for its config and inputs, asked of its stage's `identify` in
+    this process (no process start, no torch). What keeps the answer from being yes (an upstream output
+    not there yet, an input that fails its check) makes it no: the step's own process then runs it, and
+    says what is wrong."""
+    s = stage(step.stage)
+    if s.identify is None or not manifest_path(step.cfg.output_dir).is_file():
+        return False
+    try:
+        run = load(s.identify)(step.cfg)
+    except Exception as e:  # the stage's own run reports it, with its context
+        log.debug("%s: not checked here (%s: %s); its process will run", step.name, type(e).__name__, e)
+        return False
+    return run is not None and run.complete()
+
+
+def previous_records(status_path: Path) -> dict[str, dict[str, Any]]:
+    """The step records of an earlier pipeline.json, by step name (a skipped step keeps its seconds)."""
+    try:
+        return {r["name"]: r for r in json.loads(status_path.read_text())["steps"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def launched(cfg: PipelineConfig, s: Stage) -> bool:
     """Whether a step is started through `accelerate launch` (a training stage, `launcher=accelerate`)."""
     return cfg.launcher == "accelerate" and s.training
@@ -328,24 +370,39 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if cfg.until not in names:
             raise ValueError(f"until={cfg.until} is not a step of this pipeline; steps: {names}")
         steps = steps[: names.index(cfg.until) + 1]
-    compose_all(steps, cfg)
+    compose_steps(steps)
     if cfg.dry_run:
         from pipeline.dry_run import dry_run  # imports this module: not at the top
 
+        check_trl(steps, cfg)
         return dry_run(cfg, steps)
     run_dir = Path(cfg.run_dir)
+    took_lock = hold(run_dir, "pipeline")
+    try:
+        return run_steps(cfg, steps, run_dir)
+    finally:
+        if took_lock:
+            release(run_dir)
+
+
+def run_steps(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> dict[str, Any]:
+    started = time.time()
+    first = next((i for i, s in enumerate(steps) if not complete(s)), len(steps))
+    check_trl(steps[first:], cfg)
     status_path = run_dir / "pipeline.json"
+    before = previous_records(status_path)
     status: dict[str, Any] = {
         "steps": [{"name": s.name, "stage": s.stage, "overrides": s.overrides} for s in steps]
     }
     if cfg.published_as:
         status["published_as"] = cfg.published_as  # the report reads it (pipeline/published.yaml)
     records = status["steps"]
-    from core.training import resolve_use_cpu  # imports torch: only once the plan has composed
+    side_by_side = False
+    if first < len(steps) and cfg.side_by_side and cfg.launcher == "python":
+        from core.training import resolve_use_cpu  # imports torch: only when a step is to run
 
-    side_by_side = cfg.side_by_side and cfg.launcher == "python" and resolve_use_cpu(None)
+        side_by_side = resolve_use_cpu(None)
     cores = len(os.sched_getaffinity(0))
-    started = time.time()
 
     def launch(step: Step, tee: bool, env: dict[str, str] | None = None) -> float:
         t0 = time.time()
@@ -362,6 +419,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         return time.time() - t0
 
     for batch in batches(steps, side_by_side):
+        for i in [i for i in batch if i < first or complete(steps[i])]:
+            print(f"==== [{i + 1}/{len(steps)}] {steps[i].name}: complete, skipped ====", flush=True)
+            seconds = before.get(steps[i].name, {}).get("seconds")
+            records[i].update(status="done", skipped=True, **({"seconds": seconds} if seconds else {}))
+            batch.remove(i)
+        if not batch:
+            continue
         group = [steps[i] for i in batch]
         where = f"{batch[0] + 1}" + (f"-{batch[-1] + 1}" if len(batch) > 1 else "")
         print(
@@ -397,6 +461,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         write_json_atomic(status_path, status)
         if failed := [o for o in outcomes if isinstance(o, BaseException)]:
             raise failed[0]
+    status["total_seconds"] = round(time.time() - started, 1)
+    write_json_atomic(status_path, status)
     if cfg.report:
         from pipeline.report import write_report
 

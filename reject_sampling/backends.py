@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from core.config import ModelConfig
 from reject_sampling.config import SamplingConfig
 
@@ -96,6 +94,13 @@ def _dtype_name(model: ModelConfig, use_cpu: bool) -> str:
     return "float32" if use_cpu else "auto"
 
 
+def _empty_cuda_cache() -> None:
+    import torch  # here, not at the top: the pipeline imports this module to check steps, without torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
@@ -113,6 +118,7 @@ class TransformersBackend:
         adapter: str | None = None,
         use_cpu: bool = True,
     ):
+        import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.sampling, self.tokenizer = sampling, tokenizer
@@ -146,8 +152,9 @@ class TransformersBackend:
             out += self._generate_batch(prompts[start : start + size], ids[start : start + size])
         return out
 
-    @torch.no_grad()
     def _generate_batch(self, prompts: list[str], ids: list[str]) -> list[list[Completion]]:
+        import torch
+
         s = self.sampling
         encoded = tokenize(self.tokenizer, prompts)
         width = max(len(e) for e in encoded)
@@ -165,13 +172,14 @@ class TransformersBackend:
         if s.stop:
             kwargs.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
         torch.manual_seed(request_seed(s.seed, ids[0]))
-        sequences = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            max_new_tokens=s.max_new_tokens,
-            num_return_sequences=per_prompt,
-            **kwargs,
-        )
+        with torch.no_grad():
+            sequences = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=s.max_new_tokens,
+                num_return_sequences=per_prompt,
+                **kwargs,
+            )
         rows = [self._completion(r) for r in sequences[:, width:].tolist()]
         grouped = [rows[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
         return [g * s.n if greedy else g for g in grouped]
@@ -206,8 +214,7 @@ class TransformersBackend:
 
     def close(self) -> None:
         del self.model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _empty_cuda_cache()
 
 
 class VLLMBackend:
@@ -292,8 +299,7 @@ class VLLMBackend:
 
     def close(self) -> None:
         del self.llm
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _empty_cuda_cache()
 
 
 def make_backend(

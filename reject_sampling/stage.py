@@ -28,6 +28,7 @@ from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from reject_sampling.config import RejectSamplingConfig
 from reject_sampling.metrics import sample_metrics
+from reject_sampling.prompts import PromptSet
 from reject_sampling.scoring import (
     check_inputs,
     clear_intermediates,
@@ -71,11 +72,21 @@ def score(cfg: RejectSamplingConfig, out: Path, samples_path: Path) -> pd.DataFr
     )
 
 
+def check(cfg: RejectSamplingConfig) -> tuple[PromptSet, StageRun]:
+    """At the door: the models and prompts exist and are well formed, before anything is loaded. Returns
+    the prompts and the run's identity."""
+    prompts, inputs = check_inputs(cfg, needs_gold=cfg.selection.policy != "rm_threshold")
+    return prompts, StageRun(STAGE, cfg, Path(cfg.output_dir), inputs, round=cfg.round)
+
+
+def identify(cfg: RejectSamplingConfig) -> StageRun:
+    """What `run` would be (the pipeline's skip check)."""
+    return check(cfg)[1]
+
+
 def run(cfg: RejectSamplingConfig) -> Manifest:
     out = Path(cfg.output_dir)
-    # At the door: models and prompts exist and are well formed, before anything is loaded.
-    prompts, inputs = check_inputs(cfg, needs_gold=cfg.selection.policy != "rm_threshold")
-    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
+    prompts, stage = check(cfg)
     if (done := stage.begin()) is not None:
         return done
     clear_intermediates(out, INTERMEDIATES, force=cfg.force)  # each step keeps its file by fingerprint

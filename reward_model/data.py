@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
+from core.artifacts import (
+    fingerprint_dir,
+    read_parquet_rows,
+    read_parquet_schema,
+    require_text_columns,
+    resolve_input,
+)
 from core.chat import ChatRenderer
+from core.lifecycle import StageRun
+from core.models import require_model_dir
+from reward_model.config import RMStageConfig
 
+STAGE = "reward_model"
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
@@ -37,6 +47,21 @@ def resolve_pairs(path: str | Path) -> tuple[Path, str]:
     """(parquet file, identity) for a pairs file or a finished stage directory with a `pairs` output."""
     file, identity, _ = resolve_input(path, "pairs", "pairs source", PairsError)
     return file, identity
+
+
+def stage_run(cfg: RMStageConfig, model_dir: Path, sources: list[tuple[Path, str]]) -> StageRun:
+    """The run's identity: the config, the base model directory and every pairs source."""
+    inputs = {
+        "model": fingerprint_dir(model_dir),
+        "pairs": "+".join(identity for _, identity in sources),
+    }
+    return StageRun(STAGE, cfg, Path(cfg.output_dir), inputs, round=cfg.round)
+
+
+def identify(cfg: RMStageConfig) -> StageRun:
+    """What reward_model.stage.run would be, from its inputs alone (the pipeline's skip check)."""
+    sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
+    return stage_run(cfg, require_model_dir(cfg.model.path, "model"), sources)
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:

@@ -15,8 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import Manifest, fingerprint_dir
-from core.lifecycle import StageRun
+from core.artifacts import Manifest
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finish_training,
@@ -34,16 +33,17 @@ from core.training import (
 )
 from reward_model.config import RMStageConfig
 from reward_model.data import (
+    STAGE,
     EncodedPairs,
     PairsError,
     SequenceEncoder,
     encode_pairs,
     read_pairs,
     resolve_pairs,
+    stage_run,
 )
 
 log = logging.getLogger(__name__)
-STAGE = "reward_model"
 
 
 def load_reward_model(cfg: RMStageConfig, tokenizer: Any, use_cpu: bool, bf16: bool) -> Any:
@@ -140,13 +140,10 @@ def run(cfg: RMStageConfig) -> Manifest:
     model_dir = require_model_dir(cfg.model.path, "model")
     sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
     tokenizer = load_tokenizer(cfg.model)
-    inputs = {
-        "model": fingerprint_dir(model_dir),
-        "pairs": "+".join(identity for _, identity in sources),
-    }
-    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
-    if (done := stage.begin()) is not None:
+    stage = stage_run(cfg, model_dir, sources)
+    if (done := stage.done()) is not None:
         return done
+    # The pairs, read whole and encoded: a bad one fails here, the previous run's manifest still there.
     renderer = chat_renderer(cfg.model, tokenizer)
     encoder = SequenceEncoder(
         renderer, args.max_length, cfg.train.truncation, cfg.train.min_completion_tokens
@@ -157,6 +154,7 @@ def run(cfg: RMStageConfig) -> Manifest:
         "reward_model: first pair as scored:\n%s\n---- rejected:\n%s", first["chosen"], first["rejected"]
     )
     pairs = encode_pairs(rows, encoder, cfg.train.eval_fraction, args.seed)
+    stage.start()
     # 2. Train (resuming), 3. evaluate on the held-out pairs.
     trainer = build_trainer(cfg, tokenizer, pairs, out)
     resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None

@@ -170,3 +170,10 @@ def test_dedup_datasketch(tmp_path):
         for m in methods:
             assert measured(stream[m]["seconds_best"]) and measured(stream[m]["peak_traced_mib"])
     assert res["decision"] in (("keep ours", "switch to datasketch") if HAS_DATASKETCH else ("undecided",))
+
+
+def test_resume_skip_times_a_finished_pipeline_against_import_torch(tmp_path):
+    res = run_bench("resume_skip.py", tmp_path / "rs.json", "--baseline", "HEAD")
+    assert res["steps"] == 2 and res["all_skipped"] is True
+    for key in ("import_torch_s", "rerun_s", "rerun_over_import_torch", "baseline_rerun_s", "speedup"):
+        assert measured(res[key]), (key, res[key])

@@ -25,7 +25,7 @@ from core.config import CONF_DIR, compose, to_typed
 from core.training import TrlArgsError
 from grpo import stage
 from grpo.config import GRPOStageConfig
-from grpo.data import PromptsError, prepare
+from grpo.data import PromptsError, identify, prepare
 from grpo.rewards import (
     REASONING_GYM,
     accuracy,
@@ -278,8 +278,10 @@ def test_prompts_from_a_stage_dir_or_file_drop_unjudgeable_and_overlong(grpo_cfg
     cfg = grpo_cfg()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     renderer = ChatRenderer(tokenizer, cfg.model.instruction_suffix)
-    from_dir, ids = prepare(cfg.data, renderer, 512, 0)
-    assert set(ids) == {"prompts"} and from_dir.stats["dropped_unjudgeable_gold"] == 0
+    from_dir = prepare(cfg.data, renderer, 512, 0)
+    assert (
+        set(identify(cfg).inputs) == {"model", "prompts"} and from_dir.stats["dropped_unjudgeable_gold"] == 0
+    )
     train_rows = pq.read_table(one_step_data / "prompts.parquet").filter(pa.compute.field("split") == "train")
     assert from_dir.stats["prompts"] == train_rows.num_rows
     example = from_dir.examples[0]
@@ -295,7 +297,7 @@ def test_prompts_from_a_stage_dir_or_file_drop_unjudgeable_and_overlong(grpo_cfg
     file = tmp_path / "p.parquet"
     pq.write_table(pa.Table.from_pylist(rows), file)
     cfg = grpo_cfg(f"data.prompts={file}")
-    prepared, _ = prepare(cfg.data, renderer, 128, 0)
+    prepared = prepare(cfg.data, renderer, 128, 0)
     assert [e["id"] for e in prepared.examples] == ["a"]
     assert prepared.stats["dropped_unjudgeable_gold"] == 1 and prepared.stats["dropped_overlength"] == 1
 
@@ -362,7 +364,7 @@ def test_grpo_raises_the_verifier_reward(main_run, sft_model):
 
     cfg, manifest = main_run
     tokenizer = load_tokenizer(cfg.model)
-    prepared, _ = prepare(
+    prepared = prepare(
         cfg.data, chat_renderer(cfg.model, tokenizer), cfg.train.max_prompt_length, cfg.grpo["seed"]
     )
     before = sampled_accuracy(sft_model, prepared.examples, EVAL_SAMPLES)
@@ -479,7 +481,7 @@ def test_early_stop_abandons_micro_batches_whose_importance_ratio_exceeds_the_bo
         f"train.early_stop_imp_ratio={bound}",
     )
     tokenizer = load_tokenizer(cfg.model)
-    prepared, _ = prepare(cfg.data, chat_renderer(cfg.model, tokenizer), 128, 0)
+    prepared = prepare(cfg.data, chat_renderer(cfg.model, tokenizer), 128, 0)
     trainer = stage.build_trainer(cfg, tokenizer, prepared, tmp_path / "out", "transformers")
     generate = trainer._generate_and_score_completions
 

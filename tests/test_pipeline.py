@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from core.artifacts import Manifest, write_manifest
 from core.config import CONF_DIR, compose, to_typed
 from core.layout import RunLayout
+from core.stages import STAGES
 from pipeline.config import SECTIONS, PipelineConfig, command_line_overrides
 from pipeline.report import collect
 from pipeline.run import Step, batches, compose_all, last_wins, override_key, plan, settings
@@ -538,6 +539,24 @@ def test_a_value_reaches_every_stage_as_it_is_written():
     ]
 
 
+def test_the_pipelines_skip_check_imports_no_torch():
+    """Every stage's `identify` (what the pipeline asks before starting a step's process) and the pipeline
+    itself load without torch, transformers or trl: a finished step costs no such import."""
+    code = (
+        "import sys; from core.stages import STAGES, load; import pipeline.run; "
+        "[load(s.identify) for s in STAGES.values() if s.identify]; "
+        "print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert {s.name for s in STAGES.values() if s.identify} == {s.name for s in STAGES.values()} - {
+        "rm_score",
+        "sample",
+        "pipeline",
+    }
+
+
 def test_until_stops_after_the_named_step(tmp_path):
     from pipeline.run import run
 
@@ -644,12 +663,19 @@ def test_small_pipeline_end_to_end(tmp_path):
     se = math.sqrt(sum(m["pass@1"] * (1 - m["pass@1"]) / n for m in (first, final)))
     assert final["pass@1"] >= first["pass@1"] - 2 * se - 1e-9
 
-    # Every step's log (side-by-side steps write only there) says it skipped, the second time only.
+    # The same command again finds every step complete in the pipeline's process: no step's process starts
+    # (its log does not grow), every record says skipped and keeps the seconds of the run that did it.
     logs = {s["name"]: Path(RunLayout(str(tmp_path)).step_log(s["name"])) for s in status["steps"]}
-    assert not [name for name, log in logs.items() if "skipping" in log.read_text()]
+    sizes = {name: log.stat().st_size for name, log in logs.items()}
     again = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert [name for name, log in logs.items() if "skipping" not in log.read_text()] == []
+    assert {name: log.stat().st_size for name, log in logs.items()} == sizes
+    rerun = json.loads((tmp_path / "pipeline.json").read_text())
+    assert [(s["status"], s.get("skipped")) for s in rerun["steps"]] == [("done", True)] * len(
+        status["steps"]
+    )
+    assert [s["seconds"] for s in rerun["steps"]] == [s["seconds"] for s in status["steps"]]
+    assert again.stdout.count("complete, skipped") == len(status["steps"])
 
 
 # The whole pipeline on each real-tokenizer family: a few steps and short completions (a 151k-vocabulary model

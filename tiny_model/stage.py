@@ -11,12 +11,16 @@ from tiny_model.config import TinyModelStageConfig
 from tiny_model.model import build
 
 
+def identify(cfg: TinyModelStageConfig) -> StageRun:
+    """Its identity is the shape alone: where the run writes its logs is no reason to rebuild."""
+    return StageRun("tiny_model", cfg, Path(cfg.output_dir), inputs={}, hashed=cfg.shape)
+
+
 def run(cfg: TinyModelStageConfig) -> Manifest:
-    out = Path(cfg.output_dir)
-    stage = StageRun("tiny_model", cfg, out, inputs={}, hashed=cfg.shape)
+    stage = identify(cfg)
     if (done := stage.begin()) is not None:
         return done
-    dirs = build(cfg.shape, out)
+    dirs = build(cfg.shape, stage.out)
     return stage.finish(
         dirs={name: Path(d) for name, d in dirs.items()},
         metrics={"policy_dir": "policy", "reward_model_dir": "reward_model"},

@@ -15,11 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import read_parquet_rows, read_parquet_schema, require_text_columns, resolve_input
+from core.artifacts import (
+    fingerprint_dir,
+    read_parquet_rows,
+    read_parquet_schema,
+    require_text_columns,
+    resolve_input,
+)
 from core.chat import ChatRenderer
-from train_sft.config import DataSource
+from core.lifecycle import StageRun
+from core.models import require_model_dir
+from train_sft.config import DataSource, SFTStageConfig
 
 log = logging.getLogger(__name__)
+STAGE = "train_sft"
 REQUIRED_COLUMNS = ("instruction", "output")
 # Outputs of upstream stages that hold SFT records, in order of preference.
 SFT_OUTPUT_NAMES = ("selected", "sft")
@@ -45,6 +54,20 @@ class PreparedData:
 def resolve_source(source: DataSource) -> ResolvedSource:
     file, identity, _ = resolve_input(source.path, SFT_OUTPUT_NAMES, "data source", DataError)
     return ResolvedSource(file, source.weight, identity)
+
+
+def stage_run(cfg: SFTStageConfig, model_dir: Path, sources: list[ResolvedSource]) -> StageRun:
+    """The run's identity: the config, the base model directory and every data source."""
+    inputs = {
+        "model": fingerprint_dir(model_dir),
+        **{f"data_{i}": s.identity for i, s in enumerate(sources)},
+    }
+    return StageRun(STAGE, cfg, Path(cfg.output_dir), inputs, round=cfg.round)
+
+
+def identify(cfg: SFTStageConfig) -> StageRun:
+    """What train_sft.stage.run would be, from its inputs alone (the pipeline's skip check)."""
+    return stage_run(cfg, require_model_dir(cfg.model.path, "model"), [resolve_source(s) for s in cfg.data])
 
 
 def read_records(source: ResolvedSource) -> list[dict[str, Any]]:

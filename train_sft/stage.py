@@ -20,9 +20,7 @@ from typing import Any
 
 from core.artifacts import (
     Manifest,
-    fingerprint_dir,
 )
-from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finish_training,
@@ -39,10 +37,17 @@ from core.training import (
     world_size,
 )
 from train_sft.config import SFTStageConfig
-from train_sft.data import DataError, PreparedData, prepare, preview, resolve_source
+from train_sft.data import (
+    STAGE,
+    DataError,
+    PreparedData,
+    prepare,
+    preview,
+    resolve_source,
+    stage_run,
+)
 
 log = logging.getLogger(__name__)
-STAGE = "train_sft"
 
 
 def check_batch(n_examples: int, cfg: SFTStageConfig, args: Any) -> None:
@@ -148,19 +153,17 @@ def run(cfg: SFTStageConfig) -> Manifest:
     sources = [resolve_source(s) for s in cfg.data]
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)
-    inputs = {
-        "model": fingerprint_dir(model_dir),
-        **{f"data_{i}": s.identity for i, s in enumerate(sources)},
-    }
-    stage = StageRun(STAGE, cfg, out, inputs, round=cfg.round)
-    if (done := stage.begin()) is not None:
+    stage = stage_run(cfg, model_dir, sources)
+    if (done := stage.done()) is not None:
         return done
+    # The records, read whole and measured: a bad one fails here, the previous run's manifest still there.
     prepared = prepare(sources, renderer, args.max_length, cfg.train.overlength, args.seed)
     first = preview(prepared.examples[0], tokenizer)
     log.info(
         "train_sft: first example as trained:\n%s\n---- trained tokens:\n%s", first["text"], first["trained"]
     )
     check_batch(len(prepared.examples), cfg, args)
+    stage.start()
     # 2. Model and trainer; 3. train, resuming from the last checkpoint of an interrupted run.
     trainer = build_trainer(cfg, tokenizer, prepared, out)
     resume_from = last_checkpoint(out / "checkpoints") if cfg.resume else None
