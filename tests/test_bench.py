@@ -177,3 +177,14 @@ def test_resume_skip_times_a_finished_pipeline_against_import_torch(tmp_path):
     assert res["steps"] == 2 and res["all_skipped"] is True
     for key in ("import_torch_s", "rerun_s", "rerun_over_import_torch", "baseline_rerun_s", "speedup"):
         assert measured(res[key]), (key, res[key])
+
+
+def test_chaos_resume(tmp_path):
+    """The smoke run: the tiny model and data steps, one kill, the same loop and checks as the bench."""
+    res = run_bench("chaos_resume.py", tmp_path / "chaos.json", "--work-dir", str(tmp_path / "work"))
+    assert res["ok"], res["markdown"]
+    assert [s["name"] for s in res["reference"]["steps"]] == ["tiny_model", "data"]
+    assert len(res["chaos"]["kills"]) == res["args"]["kills"] == 1
+    assert len(res["chaos"]["attempts"]) == 2 and res["chaos"]["attempts"][-1]["rc"] == 0
+    assert sum(row["kills"] for row in res["kills_table"]) == 1
+    assert "--smoke" in res["command"] and measured(res["reference"]["wall_s"])
