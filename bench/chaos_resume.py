@@ -24,9 +24,9 @@ e. the results equal the uninterrupted run's: every parquet table, every weight 
    step left out of it is held to `within_noise` instead). `KNOWN_DIFFERENCES` lists the metrics of a
    training run resumed from a checkpoint that transformers reports differently (reported, not failed on).
 
-    # the bench (~20-30 min on 2 shared cores: the reference, then the run with 8 kills and its resumes)
+    # the bench (15 min on 2 shared cores: the reference, 4.7 min, then the run with 8 kills and its resumes)
     .venv/bin/python bench/chaos_resume.py --kills 8 --seed 0
-    # smoke (CI, ~1-2 min): tiny model and data only, 1 kill
+    # smoke (CI, 1.5 min): tiny model and data only, 1 kill
     .venv/bin/python bench/chaos_resume.py --smoke
 
 tests/test_chaos.py runs the loop with 2 kills up to round 0's evaluation (`CI_UNTIL`), with the kills drawn
