@@ -465,18 +465,24 @@ def require_text_columns(
             raise error(f"{path}: column '{name}' has type {kind}, expected {TEXT_KIND} (text)")
 
 
+def read_parquet_table(
+    path: str | os.PathLike, columns: list[str] | None, error: type[Exception]
+) -> pa.Table:
+    """`columns` of an input parquet file, or `error` naming the file (its footer reads, its data does not)."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise error(
+            f"{path}: cannot read its rows ({first_line(e)}); the file is truncated or corrupt"
+        ) from None
+
+
 def read_parquet_rows(
     path: str | os.PathLike, columns: list[str] | None, error: type[Exception]
 ) -> list[dict[str, Any]]:
     """The rows of `columns` of an input parquet file as dicts, or `error` naming the file (a file whose
     footer reads but whose data does not) or the row and column (text that is not UTF-8)."""
-    try:
-        table = pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise error(
-            f"{path}: cannot read its rows ({first_line(e)}); the file is truncated or corrupt"
-        ) from None
-    return table_rows(table, path, error)
+    return table_rows(read_parquet_table(path, columns, error), path, error)
 
 
 def table_rows(

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from core.artifacts import (
     fingerprint_dir,
-    first_line,
     read_parquet_schema,
+    read_parquet_table,
     require_text_columns,
     require_text_values,
     sha256_file,
@@ -130,12 +130,7 @@ def check_input(cfg: ScoreConfig) -> pa.Schema:
             f"{source}: missing column(s) {missing}; found {schema.names} (set prompt_column / completion_column)"
         )
     require_text_columns(source, schema, columns, ScoreInputError)
-    try:
-        table = pq.read_table(source, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise ScoreInputError(
-            f"{source}: cannot read its rows ({first_line(e)}); the file is truncated or corrupt"
-        ) from None
+    table = read_parquet_table(source, columns, ScoreInputError)
     require_text_values(source, table, columns, ScoreInputError)
     return schema
 
