@@ -47,20 +47,31 @@ def run_stage_process(
     log_file: str | Path | None = None,
     tee: bool = False,
     accelerate_config: str | None = None,
+    ray_train: Any = None,
 ) -> None:
     """Run `target(cfg)` ("package.module:function") in a child Python process; raise if it fails.
 
     Output goes to the terminal, or is appended to `log_file` (with `tee`, to both). The child inherits the
     environment (offline variables included) plus `env`. With `accelerate_config` the child is started by
-    `accelerate launch --config_file <it>` (several processes / GPUs, DeepSpeed).
+    `accelerate launch --config_file <it>` (several processes / GPUs, DeepSpeed). With `ray_train` (a
+    core.ray_train.RayTrainConfig) the child is the driver of a Ray Train job whose workers each run
+    `target(cfg)`, `accelerate_config` then giving only their DeepSpeed / mixed-precision environment.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         cfg_path = f.name
-    launcher = [sys.executable]
-    if accelerate_config:
+    files = [cfg_path]
+    if ray_train is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(OmegaConf.to_yaml(OmegaConf.structured(ray_train)))
+            files.append(f.name)
+        extra = [accelerate_config] if accelerate_config else []
+        cmd = [sys.executable, "-m", "core.ray_train", f.name, target, schema, cfg_path, *extra]
+    elif accelerate_config:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config]
-    cmd = [*launcher, "-m", "core.launch", target, schema, cfg_path]
+        cmd = [*launcher, "-m", "core.launch", target, schema, cfg_path]
+    else:
+        cmd = [sys.executable, "-m", "core.launch", target, schema, cfg_path]
     child_env = {**os.environ, **(env or {})}
     log.info("launching %s", target)
     try:
@@ -71,7 +82,8 @@ def run_stage_process(
             with open(log_file, "ab") as out:
                 returncode = _run_logged(cmd, child_env, out, tee)
     finally:
-        os.unlink(cfg_path)
+        for path in files:
+            os.unlink(path)
     if returncode != 0:
         where = f" (log: {log_file})" if log_file else ""
         raise RuntimeError(f"{target} failed with exit code {returncode}{where}")

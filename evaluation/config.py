@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from core.config import ModelConfig, help_field
 from grpo.config import ReasoningGymTask
-from reject_sampling.config import PromptSource, SamplingConfig
+from reject_sampling.config import STAGE_CHUNK_HELP, PromptSource, SamplingConfig
 
 # How a benchmark's gold answers are written (evaluation.benchmarks.normalise_answer).
 ANSWER_FORMATS = ("auto", "latex", "integer", "number", "gsm8k")
@@ -107,6 +107,7 @@ class EvaluateConfig:
     maj_ks: list[int] = help_field([], help="k values for maj@k / pass@k; [] = powers of two up to n.")
     verifier: str = help_field("math", help="Verifier from core.verifier's registry that judges the answers.")
     verifier_workers: int = help_field(2, hashed=False)
+    chunk_prompts: int = help_field(256, help=STAGE_CHUNK_HELP, hashed=False)
     use_cpu: bool | None = help_field(None, hashed=False)
     progress: bool = help_field(True, hashed=False)
     force: bool = help_field(False, hashed=False)

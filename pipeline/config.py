@@ -24,13 +24,14 @@ both stay.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.config import help_field
+from core.ray_train import RayTrainConfig
 
-LAUNCHERS = ("python", "accelerate")
+LAUNCHERS = ("python", "accelerate", "ray")
 # PipelineConfig's per-stage override sections.
 SECTIONS = (
     "common",
@@ -114,9 +115,14 @@ class PipelineConfig:
         None, help="OpenR1-Math parquet directory; null = synthetic offline data."
     )
     launcher: str = help_field(
-        "python", help="python | accelerate (training stages under accelerate launch)."
-    )
-    accelerate_config: str | None = help_field(None, help="conf/accelerate/*.yaml for launcher=accelerate.")
+        "python", help="python | accelerate (training stages under accelerate launch) | ray (training stages "
+        "as Ray Train jobs across a Ray cluster: ray_train).",
+    )  # fmt: skip
+    accelerate_config: str | None = help_field(
+        None, help="conf/accelerate/*.yaml for launcher=accelerate; with launcher=ray, optional: the workers' "
+        "DeepSpeed / FSDP / mixed precision (its process counts are ray_train's).",
+    )  # fmt: skip
+    ray_train: RayTrainConfig = field(default_factory=RayTrainConfig)
     # Per-stage overrides (nested keys become dotted overrides: {sft: {learning_rate: 1e-3}} -> sft.learning_rate=...).
     common: dict[str, Any] = help_field(
         {}, help="Overrides given to every stage, e.g. {model: qwen2.5-1.5b}."

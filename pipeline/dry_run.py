@@ -55,9 +55,13 @@ def accelerate_processes(path: str) -> int:
 
 
 def processes(cfg: PipelineConfig, stage: str) -> int:
-    if launched(cfg, registered(stage)):
-        return accelerate_processes(str(cfg.accelerate_config))
-    return 1
+    """How many processes a training step is launched with: the accelerate config's; under launcher=ray
+    `ray_train.num_workers` (null: the cluster decides when the step starts, checked here as one)."""
+    if not launched(cfg, registered(stage)):
+        return 1
+    if cfg.launcher == "ray":
+        return cfg.ray_train.num_workers or 1
+    return accelerate_processes(str(cfg.accelerate_config))
 
 
 def epochs(n: float) -> str:

@@ -348,8 +348,8 @@ def previous_records(status_path: Path) -> dict[str, dict[str, Any]]:
 
 
 def launched(cfg: PipelineConfig, s: Stage) -> bool:
-    """Whether a step is started through `accelerate launch` (a training stage, `launcher=accelerate`)."""
-    return cfg.launcher == "accelerate" and s.training
+    """Whether a step is started by the launcher (a training stage, `launcher=accelerate` or `ray`)."""
+    return cfg.launcher != "python" and s.training
 
 
 def batches(steps: list[Step], side_by_side: bool) -> list[list[int]]:
@@ -414,6 +414,7 @@ def run_steps(cfg: PipelineConfig, steps: list[Step], run_dir: Path) -> dict[str
             log_file=RunLayout(cfg.run_dir).step_log(step.name),
             tee=tee,
             accelerate_config=cfg.accelerate_config if launched(cfg, s) else None,
+            ray_train=cfg.ray_train if launched(cfg, s) and cfg.launcher == "ray" else None,
             env=env,
         )
         return time.time() - t0

@@ -15,8 +15,46 @@ from dataclasses import dataclass, field
 
 from core.config import ModelConfig, help_field
 
-BACKENDS = ("auto", "vllm", "transformers")  # the names grpo.config.BACKENDS uses too
+BACKENDS = ("auto", "vllm", "transformers", "ray")  # grpo.config.BACKENDS: the first three
+ENGINES = ("auto", "vllm", "transformers")  # what one engine of the ray backend runs
+# The rejection-sampling and evaluation stages' `chunk_prompts`, handed to sample.py.
+STAGE_CHUNK_HELP = (
+    "Prompts per resumable chunk of sample.py (with sampling.backend=ray, the unit handed to an engine: a few "
+    "chunks per engine keep every engine busy)."
+)
 SELECTION_POLICIES = ("best_of_n_rm", "verified", "rm_threshold")
+
+
+@dataclass
+class RaySamplingConfig:
+    """`sampling.backend=ray` (reject_sampling/ray_sampling.py): sample.py's chunks as a Ray Dataset, generated
+    by a pool of engine actors across the cluster, each running one of the local backends (`engine`)."""
+
+    engine: str = help_field(
+        "auto",
+        help="What each engine runs: auto (vLLM when importable, else transformers) | vllm | transformers.",
+    )
+    address: str | None = help_field(
+        None, help="ray.init's address: null = a running cluster (RAY_ADDRESS) or a local one; auto = the "
+        "running one; host:6379.", hashed=False,
+    )  # fmt: skip
+    num_engines: int | None = help_field(
+        None, help="Engines in the pool; null = every GPU group of the cluster (GPUs // gpus_per_engine), "
+        "on a cluster without GPUs every cpus_per_engine CPUs.", hashed=False,
+    )  # fmt: skip
+    cpus_per_engine: float = help_field(1, help="CPUs each engine actor reserves.", hashed=False)
+    gpus_per_engine: float | None = help_field(
+        None, help="GPUs each engine reserves; null = tensor_parallel_size on a cluster with GPUs, else 0.",
+        hashed=False,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"sampling.ray.engine must be one of {ENGINES}, got '{self.engine}'")
+        if self.num_engines is not None and self.num_engines < 1:
+            raise ValueError(f"sampling.ray.num_engines must be >= 1 or null, got {self.num_engines}")
+        if self.cpus_per_engine <= 0:
+            raise ValueError(f"sampling.ray.cpus_per_engine must be > 0, got {self.cpus_per_engine}")
 
 
 @dataclass
@@ -27,7 +65,9 @@ class SamplingConfig:
     (details in reject_sampling/backends.py)."""
 
     backend: str = help_field(
-        "auto", help="auto (vLLM when importable, else transformers) | vllm | transformers (model.generate)."
+        "auto",
+        help="auto (vLLM when importable, else transformers) | vllm | transformers (model.generate) "
+        "| ray (engines of either across a Ray cluster: sampling.ray).",
     )
     n: int = help_field(4, help="Samples per prompt.")
     temperature: float = help_field(1.0, help="0 = greedy.")
@@ -54,6 +94,7 @@ class SamplingConfig:
     transformers_batch_size: int = help_field(
         64, help="Prompts per generate() call (each with n samples).", hashed=False
     )
+    ray: RaySamplingConfig = field(default_factory=RaySamplingConfig)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -179,6 +220,7 @@ class RejectSamplingConfig:
     maj_ks: list[int] = help_field([], help="k values for maj@k / pass@k; [] = powers of two up to n.")
     verifier: str = help_field("math", help="Verifier from core.verifier's registry that judges the answers.")
     verifier_workers: int = help_field(2, hashed=False)
+    chunk_prompts: int = help_field(256, help=STAGE_CHUNK_HELP, hashed=False)
     use_cpu: bool | None = help_field(None, hashed=False)
     progress: bool = help_field(True, hashed=False)
     force: bool = help_field(False, hashed=False)

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,24 +276,22 @@ def run(cfg: SampleConfig) -> Path:
             f"prompt '{prompts[longest].id}' (the longest; {prompt_set.file}, "
             f"column '{cfg.prompts.prompt_column}')"
         )
-        backend = make_backend(
-            cfg.model,
-            cfg.sampling,
-            tokenizer,
-            adapter=cfg.adapter,
-            use_cpu=resolve_use_cpu(cfg.use_cpu),
+        chunks = {k: chunked.bounds(k) for k in todo}
+        generated = generate_chunks(
+            cfg,
+            {k: (rendered[a:b], [p.id for p in prompts[a:b]]) for k, (a, b) in chunks.items()},
             max_model_len=context_limit(cfg, lengths[longest], which),
-            progress=False,
+            tokenizer=tokenizer,
         )
         policy = cfg.model.name or cfg.model.path
         started, tokens = time.time(), 0
-        for k in tqdm(todo, desc="sample", unit="chunk", disable=not cfg.progress):
-            first, last = chunked.bounds(k)
-            completions = backend.generate(rendered[first:last], [p.id for p in prompts[first:last]])
+        for k, completions in tqdm(
+            generated, total=len(todo), desc="sample", unit="chunk", disable=not cfg.progress
+        ):
+            first, last = chunks[k]
             table = samples_table(prompts[first:last], completions, policy, renderer.prefill)
             tokens += sum(table.column("n_tokens").to_pylist())
             chunked.write(k, table)
-        backend.close()
         seconds = time.time() - started
         log.info("sample: %d completion tokens in %.1f s (%.0f tokens/s)", tokens, seconds, tokens / seconds)
     table = chunked.merge(
@@ -302,6 +301,38 @@ def run(cfg: SampleConfig) -> Path:
     log.info("sample: %d samples (%d cut at max_new_tokens) -> %s", table.num_rows, truncated, output)
     show_samples(table, cfg.show)
     return output
+
+
+def generate_chunks(
+    cfg: SampleConfig,
+    chunks: dict[int, tuple[list[str], list[str]]],
+    max_model_len: int | None,
+    tokenizer: Any,
+) -> Iterator[tuple[int, list[list[Completion]]]]:
+    """(chunk index, completions per prompt) for each chunk ({index: (rendered prompts, ids)}): one local
+    backend, chunk after chunk, or (sampling.backend=ray) a pool of engines across a Ray cluster, chunks in
+    the order they finish (reject_sampling/ray_sampling.py)."""
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    if cfg.sampling.backend == "ray":
+        from reject_sampling import ray_sampling
+
+        yield from ray_sampling.generate_chunks(
+            cfg.model, cfg.sampling, adapter=cfg.adapter, use_cpu=use_cpu, max_model_len=max_model_len,
+            chunks=chunks, progress=cfg.progress,
+        )  # fmt: skip
+        return
+    backend = make_backend(
+        cfg.model,
+        cfg.sampling,
+        tokenizer,
+        adapter=cfg.adapter,
+        use_cpu=use_cpu,
+        max_model_len=max_model_len,
+        progress=False,
+    )
+    for k, (prompts, ids) in chunks.items():
+        yield k, backend.generate(prompts, ids)
+    backend.close()
 
 
 def stale_shard(shard: Path, cfg: SampleConfig, prompts: list[Prompt]) -> str | None:

@@ -52,12 +52,13 @@ def draw_samples(cfg: Any, sampling: SamplingConfig, output: Path, log_file: Pat
 
     sample_cfg = SampleConfig(
         run_dir=cfg.run_dir, model=cfg.model, prompts=cfg.prompts, sampling=sampling, output=str(output),
-        show=0, use_cpu=cfg.use_cpu, progress=cfg.progress,
+        chunk_prompts=cfg.chunk_prompts, show=0, use_cpu=cfg.use_cpu, progress=cfg.progress,
     )  # fmt: skip
     if matches(output, sample.fingerprint(sample_cfg, load_prompts(cfg.prompts).prompts)):
         log.info("%s is finished for these prompts, settings and model: kept", output)
         return output
-    own = needs_own_process(cfg.use_cpu, uses_vllm=resolve_backend(sampling.backend) == "vllm")
+    # vLLM, and a Ray driver (whose cluster connection and engines end with its process), run on their own.
+    own = needs_own_process(cfg.use_cpu, uses_vllm=resolve_backend(sampling.backend) in ("vllm", "ray"))
     run_step(
         "reject_sampling.sample:run",
         "reject_sampling.config:SampleConfig",

@@ -97,6 +97,15 @@ def test_generation_throughput(tmp_path, tiny_model):
             assert 0 <= run["truncated"] <= 1
 
 
+def test_ray_sampling(tmp_path, tiny_model):
+    res = run_bench("ray_sampling.py", tmp_path / "ray.json", "--model", tiny_model["policy"])
+    assert set(res["results"]) == {"transformers, 1 thread", "ray, transformers engines"}
+    local, ray = res["results"]["transformers, 1 thread"], res["results"]["ray, transformers engines"]
+    assert ray["identical"] and ray["same_samples_as"] == "transformers, 1 thread"
+    assert ray["tokens"] == local["tokens"] and 0 < local["tokens"] <= 8 * 4 * 8
+    assert measured(ray["tokens_per_s_wall"]) and res["ray_cluster_start_s"] > 0
+
+
 def test_reward_model_mistakes(tmp_path, tiny_model):
     from data_process.synthetic import WRONG_KINDS
 

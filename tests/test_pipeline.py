@@ -225,6 +225,8 @@ def test_trl_checks_grpo_batches_with_the_processes_the_step_is_launched_with(tm
     steps = plan(pipeline_cfg(*over, *two))
     compose_all(steps, pipeline_cfg(*over, *two))
     assert next(s for s in steps if s.stage == "grpo").cfg.grpo["per_device_train_batch_size"] == 4
+    ray_two = ["launcher=ray", "ray_train.num_workers=2"]  # 2 Ray Train workers: the same world size
+    compose_all(plan(pipeline_cfg(*over, *ray_two)), pipeline_cfg(*over, *ray_two))
     with pytest.raises(ValueError) as error:
         compose_all(plan(pipeline_cfg(*over)), pipeline_cfg(*over))
     assert str(error.value) == (
@@ -502,7 +504,15 @@ def test_experiment_presets_compose_every_stage(name, tmp_path):
             0.95,
             32768,
         )
-        assert s.backend == "auto" and s.tensor_parallel_size == (8 if "7b" in name else 1)
+        if "ray" in name:  # one vLLM engine per GPU across the cluster
+            assert (s.backend, s.ray.engine, s.ray.address, s.tensor_parallel_size) == (
+                "ray",
+                "vllm",
+                "auto",
+                1,
+            )
+        else:
+            assert s.backend == "auto" and s.tensor_parallel_size == (8 if "7b" in name else 1)
         assert aime.model.dtype == "bfloat16" and aime.prompts.max_prompts is None
     else:
         assert not [n for n in by_name if n.startswith("bench/")]
