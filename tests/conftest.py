@@ -124,6 +124,26 @@ def sft_overrides(run_dir: Path, tiny_model: dict[str, str], data_dir: Path) -> 
     ]
 
 
+@pytest.fixture(scope="session")
+def two_process_sft(tmp_path_factory, tiny_model, sft_data) -> Path:
+    """round_0/sft of 4 steps under `accelerate launch` with 2 CPU processes (gloo), once per session:
+    tests/test_train_sft.py checks it, tests/test_ray.py compares Ray Train's two workers with it."""
+    import subprocess
+    import sys
+
+    from core.config import CONF_DIR
+
+    run_dir = tmp_path_factory.mktemp("two_process_sft")
+    two = str(CONF_DIR / "accelerate" / "cpu_2proc.yaml")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", two, "-m", "train_sft",
+           *sft_overrides(run_dir, tiny_model, sft_data), "sft.max_steps=4"]  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=CONF_DIR.parent, env=offline_env(), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir / "round_0" / "sft"
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip, with the reason in the summary, what this machine cannot run: `gpu` tests without CUDA and
     `vllm` tests without an importable vLLM. `slow` tests run by default (CI included)."""

@@ -139,22 +139,16 @@ def test_ray_sampling_with_vllm_engines_equals_local_vllm(tmp_path, policy, ray_
     assert tables["ray"].equals(tables["local"])
 
 
-def _train_sft(run_dir: Path, tiny_model, sft_data, launcher: list[str]) -> Path:
-    cmd = [*launcher, "train_sft", *sft_overrides(run_dir, tiny_model, sft_data), "sft.max_steps=4"]
-    done = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return run_dir / "round_0" / "sft"
-
-
 @pytest.mark.slow
 def test_ray_train_two_workers_save_the_model_of_the_local_two_process_run(
-    tmp_path, tiny_model, sft_data, ray_cluster
+    tmp_path, tiny_model, sft_data, two_process_sft, ray_cluster
 ):
     ray_train = [sys.executable, "-m", "core.ray_train", f"--address={ray_cluster}", "--num-workers=2", "--"]
-    ray_out = _train_sft(tmp_path / "ray", tiny_model, sft_data, ray_train)
-    two_processes = str(CONF_DIR / "accelerate" / "cpu_2proc.yaml")
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", two_processes, "-m"]
-    local_out = _train_sft(tmp_path / "local", tiny_model, sft_data, accelerate)
+    cmd = [*ray_train, "train_sft", *sft_overrides(tmp_path, tiny_model, sft_data), "sft.max_steps=4"]
+    done = subprocess.run(cmd, cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ray_out = tmp_path / "round_0" / "sft"
+    local_out = two_process_sft  # the same overrides under accelerate launch with 2 processes
     from core.artifacts import read_manifest
 
     ray_metrics, local_metrics = read_manifest(ray_out).metrics, read_manifest(local_out).metrics
@@ -212,6 +206,7 @@ def small_ray_pipeline(address: str, model: str) -> list[str]:
         "evaluate.prompts.max_prompts=8",
         "evaluate.sampling.n=2",
         "evaluate.sampling.max_new_tokens=24",
+        "evaluate.greedy=false",
         "evaluate.chunk_prompts=4",
         *[f"evaluate.{s}" for s in sampling],
         "grpo.grpo.max_steps=2",
