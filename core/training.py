@@ -312,11 +312,29 @@ def save_for_serving(
 
 def finish_training(stage: StageRun, cfg: Any, dirs: dict[str, Path], metrics: dict[str, Any]) -> Manifest:
     """The end of every training stage: the saved model files listed in the manifest (written last), then
-    the checkpoints dropped, which a finished run no longer needs to resume (unless `keep_checkpoints`)."""
+    the checkpoints dropped, which a finished run no longer needs to resume (unless `keep_checkpoints`),
+    then the upload (`push_to_hub`, core/push_to_hub.py)."""
     manifest = stage.finish(dirs=dirs, metrics=metrics)
     if is_main_process() and not cfg.keep_checkpoints:
         remove_dir(stage.out / "checkpoints")
+    push_if_asked(stage.out, cfg)
     return manifest
+
+
+def finished(stage: StageRun, cfg: Any) -> Manifest | None:
+    """`stage.done()` (the manifest of a finished run, else None), pushing a finished run that `push_to_hub`
+    asks for and that is not on the Hub yet (its upload failed, or push_to_hub was added since)."""
+    done = stage.done()
+    if done is not None:
+        push_if_asked(stage.out, cfg)
+    return done
+
+
+def push_if_asked(stage_dir: Path, cfg: Any) -> None:
+    if cfg.push_to_hub.repo_id is not None and is_main_process():
+        from core.push_to_hub import push
+
+        push(stage_dir, cfg.push_to_hub)
 
 
 def remove_dir(path: Path) -> None:
@@ -347,6 +365,7 @@ def trl_args(
     fixed: Mapping[str, tuple[Any, str]],
     defaults: Mapping[str, Any] | None = None,
     processes: int | None = None,
+    push: Any = None,
 ) -> Any:
     """`config_cls(**arguments)`: TRL's SFTConfig / RewardConfig / GRPOConfig (a class or its name in `trl`)
     from a stage's TRL section `mapping`, the section `where` names (`train_sft.sft`), with what the project
@@ -377,11 +396,18 @@ def trl_args(
     environment is not read; the checks that need the device run when the stage builds its real config,
     before the model loads. Everything else on the returned object is what the stage will train with.
     Building it (`processes=None`) also seeds Python, numpy and torch with its `seed`, as the trainer will.
+
+    `push` (the stage's push_to_hub section) is checked here too, so an upload that cannot happen (offline,
+    no token) fails at the stage's door and at the pipeline's compose, not after training.
     """
     import dataclasses
     import difflib
 
     import trl
+
+    from core.push_to_hub import check as check_push
+
+    check_push(push, where.split(".")[0])
 
     cls = getattr(trl, config_cls) if isinstance(config_cls, str) else config_cls
     name = f"trl.{cls.__name__}"

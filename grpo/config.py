@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import ModelConfig, PeftConfig, help_field
+from core.push_to_hub import PushToHubConfig
 
 # TRL 1.16 GRPOConfig.loss_type values with a clipped-ratio objective; the first three are the documented ones.
 # TRL checks neither value before the first step (grpo/stage.py training_args does).
@@ -172,6 +173,7 @@ class GRPOStageConfig:
     )
     resume: bool = help_field(True, help="Continue from the last checkpoint in output_dir if there is one.")
     keep_checkpoints: bool = help_field(False, help="Keep checkpoints/ after a finished run.", hashed=False)
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)
     force: bool = help_field(False, help="Retrain even if a matching manifest exists.", hashed=False)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from core.models import chat_renderer, load_tokenizer
 from core.training import (
     TrlArgsError,
     finish_training,
+    finished,
     is_main_process,
     last_checkpoint,
     load_pretrained,
@@ -150,7 +151,15 @@ def training_args(
         **vllm,
     }
     where = f"{STAGE}.grpo"
-    args = trl_args(GRPOConfig, section, where=where, output_dir=out, processes=processes, fixed=fixed)
+    args = trl_args(
+        GRPOConfig,
+        section,
+        where=where,
+        output_dir=out,
+        processes=processes,
+        fixed=fixed,
+        push=cfg.push_to_hub,
+    )
     if args.loss_type not in LOSS_TYPES:
         raise TrlArgsError(f"{where}.loss_type must be one of {LOSS_TYPES}, got '{args.loss_type}'")
     if args.scale_rewards not in SCALE_REWARDS:
@@ -239,8 +248,9 @@ def run(cfg: GRPOStageConfig) -> Manifest:
         "grpo: first prompt as given to the policy:\n%s", renderer.prompt(prepared.examples[0]["question"])
     )
     check_prompts(prepared, cfg, args)
-    if (done := stage.begin()) is not None:
+    if (done := finished(stage, cfg)) is not None:
         return done
+    stage.start()
     # 2. Policy, reward functions, trainer; 3. train, resuming from the last checkpoint of a killed run.
     backend = resolve_backend(cfg.generation.backend)
     trainer = build_trainer(cfg, tokenizer, prepared, out, backend)

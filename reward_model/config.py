@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import ModelConfig, PeftConfig, help_field
+from core.push_to_hub import PushToHubConfig
 
 TRUNCATION = ("middle", "drop")
 
@@ -67,6 +68,7 @@ class RMStageConfig:
     use_cpu: bool | None = help_field(None, hashed=False)
     resume: bool = help_field(True)
     keep_checkpoints: bool = help_field(False, hashed=False)
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)
     force: bool = help_field(False, hashed=False)
 
 

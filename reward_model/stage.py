@@ -19,6 +19,7 @@ from core.artifacts import Manifest
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finish_training,
+    finished,
     last_checkpoint,
     load_pretrained,
     lora_config,
@@ -76,6 +77,7 @@ def training_args(cfg: RMStageConfig, out: Path, processes: int | None = None) -
         cfg.rm,
         where=f"{STAGE}.rm",
         output_dir=out,
+        push=cfg.push_to_hub,
         processes=processes,
         fixed={"use_cpu": (use_cpu, "use the stage's use_cpu")},
         defaults={
@@ -141,7 +143,7 @@ def run(cfg: RMStageConfig) -> Manifest:
     sources = [resolve_pairs(p) for p in [cfg.pairs, *cfg.extra_pairs]]
     tokenizer = load_tokenizer(cfg.model)
     stage = stage_run(cfg, model_dir, sources)
-    if (done := stage.done()) is not None:
+    if (done := finished(stage, cfg)) is not None:
         return done
     # The pairs, read whole and encoded: a bad one fails here, the previous run's manifest still there.
     renderer = chat_renderer(cfg.model, tokenizer)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import ModelConfig, PeftConfig, help_field
+from core.push_to_hub import PushToHubConfig
 
 OVERLENGTH = ("drop", "truncate")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -81,6 +82,7 @@ class SFTStageConfig:
     )
     resume: bool = help_field(True, help="Continue from the last checkpoint in output_dir if there is one.")
     keep_checkpoints: bool = help_field(False, help="Keep checkpoints/ after a finished run.", hashed=False)
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)
     force: bool = help_field(False, help="Retrain even if a matching manifest exists.", hashed=False)
 
     def __post_init__(self) -> None:

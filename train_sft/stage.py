@@ -24,6 +24,7 @@ from core.artifacts import (
 from core.models import chat_renderer, load_tokenizer, require_model_dir
 from core.training import (
     finish_training,
+    finished,
     last_checkpoint,
     load_pretrained,
     lora_config,
@@ -95,6 +96,7 @@ def training_args(cfg: SFTStageConfig, out: Path, processes: int | None = None) 
         where=f"{STAGE}.sft",
         output_dir=out,
         processes=processes,
+        push=cfg.push_to_hub,
         fixed={
             "use_cpu": (use_cpu, "use the stage's use_cpu"),
             "completion_only_loss": (True, "it is always on: the loss covers the trace and the end of turn"),
@@ -154,7 +156,7 @@ def run(cfg: SFTStageConfig) -> Manifest:
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)
     stage = stage_run(cfg, model_dir, sources)
-    if (done := stage.done()) is not None:
+    if (done := finished(stage, cfg)) is not None:
         return done
     # The records, read whole and measured: a bad one fails here, the previous run's manifest still there.
     prepared = prepare(sources, renderer, args.max_length, cfg.train.overlength, args.seed)
