@@ -1,4 +1,5 @@
-"""Generation backends behind one interface: vLLM (the default when importable) and transformers `generate`.
+"""Generation backends behind one interface: vLLM (the default when importable), transformers `generate` and
+a running OpenAI-compatible server (`OpenAIBackend`).
 
     backend = make_backend(model_cfg, sampling_cfg, tokenizer, adapter=None, use_cpu=False, max_model_len=...)
     completions = backend.generate(rendered_prompts, prompt_ids)   # per prompt, sampling.n Completions
@@ -302,6 +303,107 @@ class VLLMBackend:
         _empty_cuda_cache()
 
 
+class OpenAIBackend:
+    """A running OpenAI-compatible server's completions endpoint (vLLM, SGLang, a hosted API): one request per
+    prompt with n samples and the prompt's own seed, at most `max_concurrency` in flight, each retried with
+    the openai client's exponential backoff and bounded by `timeout_s`.
+
+    The prompt is rendered here, by the model's own chat template, and sent as its token ids
+    (`prompt_format=tokens`, what vLLM and SGLang take), so the server sees exactly what a local engine does,
+    never its own chat template. With `extensions` the request carries vLLM / SGLang's top_k, the template's
+    end-of-turn and eos as stop_token_ids, and return_token_ids (n_tokens = the ids returned); a strict
+    OpenAI endpoint gets the end-of-turn as a stop string and n_tokens counted by the local tokenizer."""
+
+    name = "openai"
+
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig, tokenizer: Any):
+        import openai
+
+        self.sampling, self.tokenizer = sampling, tokenizer
+        o = sampling.openai
+        if not o.extensions and sampling.top_k > 0:
+            raise ValueError("sampling.top_k needs sampling.openai.extensions=true (a vLLM or SGLang server)")
+        self.client = openai.OpenAI(
+            base_url=o.base_url,
+            api_key=os.environ.get(o.api_key_env) or "EMPTY",
+            timeout=o.timeout_s,
+            max_retries=o.max_retries,
+        )
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.model = o.model or self._served_model()
+        log.info(
+            "openai backend: %s at %s, up to %d requests at once", self.model, o.base_url, o.max_concurrency
+        )
+
+    def _served_model(self) -> str:
+        import openai
+
+        try:
+            served = [m.id for m in self.client.models.list()]
+        except openai.APIConnectionError as e:
+            raise ConnectionError(
+                f"no OpenAI-compatible server answers at {self.sampling.openai.base_url} ({e}): start it, "
+                "or point sampling.openai.base_url at it"
+            ) from e
+        if len(served) != 1:
+            raise ValueError(
+                f"{self.sampling.openai.base_url} serves {served}: name one with sampling.openai.model"
+            )
+        return served[0]
+
+    def generate(self, prompts: list[str], ids: list[str]) -> list[list[Completion]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        s = self.sampling
+        greedy = s.temperature == 0
+        encoded = tokenize(self.tokenizer, prompts)
+        with ThreadPoolExecutor(max_workers=s.openai.max_concurrency) as pool:
+            out = list(pool.map(self._request, prompts, encoded, ids, [1 if greedy else s.n] * len(prompts)))
+        return [c * s.n for c in out] if greedy else out
+
+    def _request(self, prompt: str, token_ids: list[int], prompt_id: str, n: int) -> list[Completion]:
+        import openai
+
+        s, o = self.sampling, self.sampling.openai
+        stop = list(s.stop)
+        extra: dict[str, Any] = {}
+        if o.extensions:
+            extra = {"stop_token_ids": self.stop_ids, "return_token_ids": True, "skip_special_tokens": True}
+            extra["top_k"] = s.top_k if s.top_k > 0 else -1
+        else:
+            stop += [t for t in (self.tokenizer.decode([i]) for i in self.stop_ids) if t]
+        try:
+            response = self.client.completions.create(
+                model=self.model,
+                prompt=[token_ids] if o.prompt_format == "tokens" else prompt,
+                n=n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_new_tokens,
+                seed=request_seed(s.seed, prompt_id),
+                stop=stop or None,
+                extra_body=extra or None,
+            )
+        except openai.APIConnectionError as e:
+            raise ConnectionError(
+                f"prompt {prompt_id}: the server at {o.base_url} did not answer after {o.max_retries} retries ({e})"
+            ) from e
+        return [self._completion(c) for c in sorted(response.choices, key=lambda c: c.index)]
+
+    def _completion(self, choice: Any) -> Completion:
+        if choice.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"the server finished a request with '{choice.finish_reason}'")
+        token_ids = (choice.model_extra or {}).get("token_ids")
+        if token_ids is None:
+            token_ids = tokenize(self.tokenizer, [choice.text])[0] + (
+                [0] if choice.finish_reason == "stop" else []
+            )
+        return Completion(choice.text, choice.finish_reason, len(token_ids))
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def make_backend(
     model: ModelConfig,
     sampling: SamplingConfig,
@@ -316,4 +418,10 @@ def make_backend(
     log.info("generation backend: %s (sampling.backend=%s)", name, sampling.backend)
     if name == "vllm":
         return VLLMBackend(model, sampling, tokenizer, adapter, use_cpu, max_model_len, progress)
+    if name == "openai":
+        if adapter is not None:
+            raise ValueError(
+                "sampling.backend=openai samples what the server serves: serve the adapter there"
+            )
+        return OpenAIBackend(model, sampling, tokenizer)
     return TransformersBackend(model, sampling, tokenizer, adapter, use_cpu)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from core.config import ModelConfig, help_field
 
-BACKENDS = ("auto", "vllm", "transformers", "ray")  # grpo.config.BACKENDS: the first three
+BACKENDS = ("auto", "vllm", "transformers", "ray", "openai")  # grpo.config.BACKENDS: the first three
 ENGINES = ("auto", "vllm", "transformers")  # what one engine of the ray backend runs
 # The rejection-sampling and evaluation stages' `chunk_prompts`, handed to sample.py.
 STAGE_CHUNK_HELP = (
@@ -58,6 +58,43 @@ class RaySamplingConfig:
 
 
 @dataclass
+class OpenAISamplingConfig:
+    """`sampling.backend=openai` (reject_sampling/backends.py, OpenAIBackend): a running OpenAI-compatible
+    server (vLLM, SGLang, a hosted endpoint) through its completions endpoint."""
+
+    base_url: str = help_field("http://127.0.0.1:8000/v1", help="The server's OpenAI API root.", hashed=False)
+    model: str | None = help_field(
+        None, help="The model name the server serves; null = the only one it lists (/v1/models)."
+    )
+    api_key_env: str = help_field(
+        "OPENAI_API_KEY", help="Environment variable holding the API key (a local server needs none).",
+        hashed=False,
+    )  # fmt: skip
+    prompt_format: str = help_field(
+        "tokens", help="tokens = the rendered prompt's token ids, exactly what a local engine sees (vLLM, "
+        "SGLang); text = the rendered text (hosted endpoints that take no token ids).",
+    )  # fmt: skip
+    extensions: bool = help_field(
+        True, help="Send vLLM / SGLang's sampling extensions (top_k, stop_token_ids, return_token_ids); false "
+        "for a strict OpenAI endpoint (top_k must be 0; the end-of-turn stops as a stop string).",
+    )  # fmt: skip
+    max_concurrency: int = help_field(16, help="Requests in flight at once.", hashed=False)
+    timeout_s: float = help_field(600, help="Seconds one request may take.", hashed=False)
+    max_retries: int = help_field(
+        5, help="Retries of a failed request (connection errors, 408/409/429/5xx), with exponential backoff "
+        "(the openai client's own).", hashed=False,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in ("tokens", "text"):
+            raise ValueError(
+                f"sampling.openai.prompt_format must be tokens or text, got '{self.prompt_format}'"
+            )
+        if self.max_concurrency < 1:
+            raise ValueError(f"sampling.openai.max_concurrency must be >= 1, got {self.max_concurrency}")
+
+
+@dataclass
 class SamplingConfig:
     """Generation settings. vLLM seeds every prompt from (seed, prompt id), so a resumed or sharded run draws
     the same samples as an uninterrupted one; transformers seeds each generate() call from (seed, its first
@@ -67,7 +104,8 @@ class SamplingConfig:
     backend: str = help_field(
         "auto",
         help="auto (vLLM when importable, else transformers) | vllm | transformers (model.generate) "
-        "| ray (engines of either across a Ray cluster: sampling.ray).",
+        "| ray (engines of either across a Ray cluster: sampling.ray) | openai (a running OpenAI-compatible "
+        "server: sampling.openai).",
     )
     n: int = help_field(4, help="Samples per prompt.")
     temperature: float = help_field(1.0, help="0 = greedy.")
@@ -95,6 +133,7 @@ class SamplingConfig:
         64, help="Prompts per generate() call (each with n samples).", hashed=False
     )
     ray: RaySamplingConfig = field(default_factory=RaySamplingConfig)
+    openai: OpenAISamplingConfig = field(default_factory=OpenAISamplingConfig)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -97,8 +97,8 @@ def test_generation_throughput(tmp_path, tiny_model):
             assert 0 <= run["truncated"] <= 1
 
 
-def test_ray_sampling(tmp_path, tiny_model):
-    res = run_bench("ray_sampling.py", tmp_path / "ray.json", "--model", tiny_model["policy"])
+def test_sampling_backends(tmp_path, tiny_model):
+    res = run_bench("sampling_backends.py", tmp_path / "backends.json", "--model", tiny_model["policy"])
     assert set(res["results"]) == {"transformers, 1 thread", "ray, transformers engines"}
     local, ray = res["results"]["transformers, 1 thread"], res["results"]["ray, transformers engines"]
     assert ray["identical"] and ray["same_samples_as"] == "transformers, 1 thread"

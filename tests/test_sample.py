@@ -243,7 +243,7 @@ def test_config_rejects_impossible_values():
 
 def test_backend_names_are_grpos_and_the_old_hf_name_is_refused():
     """One name per backend in every stage: sampling's are GRPO's `generation.backend` names, plus `ray`
-    (engines of either across a cluster), whose engines are named the same. `hf`, the sampling backend's
+    (engines of either across a cluster), whose engines are named the same, and `openai` (a server). `hf`, the sampling backend's
     name before it became `transformers`, fails with the valid names, not silently."""
     from grpo.config import BACKENDS as GRPO_BACKENDS
     from reject_sampling.config import BACKENDS, ENGINES
@@ -252,7 +252,7 @@ def test_backend_names_are_grpos_and_the_old_hf_name_is_refused():
     assert (*ENGINES, "ray") == BACKENDS
     assert to_typed(compose("sample", ["sampling=tiny"]), SampleConfig).sampling.backend == "transformers"
     with pytest.raises(
-        Exception, match=re.escape("one of ('auto', 'vllm', 'transformers', 'ray'), got 'hf'")
+        Exception, match=re.escape("one of ('auto', 'vllm', 'transformers', 'ray', 'openai'), got 'hf'")
     ):
         to_typed(compose("sample", ["sampling.backend=hf"]), SampleConfig)
 

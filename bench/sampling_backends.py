@@ -1,18 +1,20 @@
-"""sample.py's throughput with `sampling.backend=ray` against the local backends, in one run, same prompts.
+"""sample.py's throughput on every backend, in one run, same prompts: local, Ray, an OpenAI-compatible server.
 
 Every configuration is one real `python -m reject_sampling.sample` command on the same prompt file
 (chat-rendered "What is a + b - c?" problems), the same n, max_new_tokens, chunks and seed: the local
 transformers backend on one thread and on every core, local vLLM (its in-process CPU engine uses one
-thread), and the Ray backend with transformers and with vLLM engines, one engine per core of a local
-cluster that the bench starts with `ray start --head` (its start is timed apart) and stops at the end.
+thread), the Ray backend with transformers and with vLLM engines, one engine per core of a local
+cluster that the bench starts with `ray start --head` (its start is timed apart) and stops at the end, and
+`sampling.backend=openai` against vLLM's own OpenAI server on the same model, one thread, started by the
+bench on localhost (its start timed apart too).
 Reported per configuration: the command's wall seconds (imports, model load, engine start, generation,
 writing), sample.py's own generation figure (from the first chunk handed out to the last one written, engine
 start included, so a Ray run pays its actors' start there) and whether its samples equal the local backend of
 the same engine (they must: the same chunks are the same generate() calls with the same seeds).
 
-    .venv/bin/python bench/ray_sampling.py            # the tiny model, built fresh (~5 min on 2 busy cores)
-    .venv/bin/python bench/ray_sampling.py --smoke    # CI: 8 prompts, 8 new tokens, transformers only
-    .venv/bin/python bench/ray_sampling.py --model /models/Qwen2.5-1.5B-Instruct --prompts 1024
+    .venv/bin/python bench/sampling_backends.py            # the tiny model, built fresh (~5 min on 2 busy cores)
+    .venv/bin/python bench/sampling_backends.py --smoke    # CI: 8 prompts, 8 new tokens, transformers only
+    .venv/bin/python bench/sampling_backends.py --model /models/Qwen2.5-1.5B-Instruct --prompts 1024
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ CONFIGS = {
         "transformers, 1 thread",
     ),
     "ray, vllm engines": (["sampling.backend=ray", "sampling.ray.engine=vllm"], 1, "vllm"),
+    "openai, vllm server": (["sampling.backend=openai", "sampling.openai.base_url={server}"], 1, "vllm"),
 }
 SMOKE = {
     "prompts": 8,
@@ -73,6 +76,33 @@ def start_cluster(temp: Path, cpus: int) -> tuple[str, float]:
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return f"127.0.0.1:{port}", round(time.perf_counter() - t0, 1)
+
+
+def start_server(model: str, max_model_len: int, log: Path) -> tuple[str, float, subprocess.Popen]:
+    """vLLM's OpenAI server on `model` with the in-process CPU engine's settings; (base URL, start s, process)."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+        "--port", str(port), "--dtype", "float32", "--max-model-len", str(max_model_len),
+        "--no-enable-chunked-prefill",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            return url, round(time.perf_counter() - t0, 1), proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
 
 
 def run_config(overrides: list[str], threads: int, common: list[str], address: str | None) -> dict:
@@ -141,12 +171,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"sampling.ray.num_engines={engines}", f"sampling.transformers_batch_size={args.chunk_prompts}",
             f"chunk_prompts={args.chunk_prompts}", "progress=false", "show=0", f"hydra.run.dir={tmp}/logs",
         ]  # fmt: skip
-        address, cluster_start = None, None
+        address, cluster_start, server, server_start = None, None, None, None
         if any(c.startswith("ray") for c in chosen):
             address, cluster_start = start_cluster(tmp_path / "ray", cores)
+        if any(c.startswith("openai") for c in chosen):
+            url, server_start, server = start_server(model, 512, tmp_path / "server.log")
         try:
             for name in chosen:
                 overrides, threads, same_as = CONFIGS[name]
+                if server is not None:
+                    overrides = [o.format(server=url) for o in overrides]
                 output = tmp_path / f"{len(results)}.parquet"
                 results[name] = run_config([*overrides, f"output={output}"], threads, common, address)
                 results[name]["output"] = str(output)
@@ -156,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     results[name]["identical"] = pq.read_table(output).equals(reference)
                 print(name, json.dumps(results[name]), flush=True)
         finally:
+            if server is not None:
+                os.killpg(server.pid, 9)
+                server.wait()
             if address:
                 ray = str(Path(sys.executable).with_name("ray"))
                 subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
@@ -166,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "cores": cores,
         "ray_engines": engines,
         "ray_cluster_start_s": cluster_start,
+        "openai_server_start_s": server_start,
         "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
@@ -179,12 +217,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"| {name} | {r['wall_s']} | {r['generation_s']} | {r['tokens']} | {r['tokens_per_s_generation']} | "
             f"{r['tokens_per_s_wall']} | {same} |"
         )
-    out = results_path(args, "ray_sampling")
+    out = results_path(args, "sampling_backends")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nresults written to {out}")
     if any(r.get("identical") is False for r in results.values()):
-        raise SystemExit("a Ray configuration drew other samples than the local backend of its engine")
+        raise SystemExit(
+            "a Ray or server configuration drew other samples than the local backend of its engine"
+        )
     return summary
 
 
