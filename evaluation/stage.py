@@ -41,6 +41,7 @@ import pandas as pd
 
 from core.artifacts import atomic_path, describe_file, write_json_atomic
 from core.chunks import digest, read_fingerprint
+from core.judge import use as use_judge
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from evaluation.benchmarks import Benchmark, load_benchmark, write_prompts
@@ -139,6 +140,7 @@ def identify(cfg: EvaluateConfig) -> StageRun:
 def run(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.output_dir)
     cfg, bench, stage = check(cfg)
+    use_judge(cfg.verifier, cfg.judge)
     if (done := stage.begin()) is not None:
         return done.metrics
     clear_intermediates(out, INTERMEDIATES, force=cfg.force)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.config import ModelConfig, help_field
+from core.judge import JudgeConfig
 
 BACKENDS = ("auto", "vllm", "transformers", "ray", "openai")  # grpo.config.BACKENDS: the first three
 ENGINES = ("auto", "vllm", "transformers")  # what one engine of the ray backend runs
@@ -258,6 +259,9 @@ class RejectSamplingConfig:
     )
     maj_ks: list[int] = help_field([], help="k values for maj@k / pass@k; [] = powers of two up to n.")
     verifier: str = help_field("math", help="Verifier from core.verifier's registry that judges the answers.")
+    judge: JudgeConfig = field(
+        default_factory=JudgeConfig
+    )  # verifier=llm_judge | math_or_judge (core/judge.py)
     verifier_workers: int = help_field(2, hashed=False)
     chunk_prompts: int = help_field(256, help=STAGE_CHUNK_HELP, hashed=False)
     use_cpu: bool | None = help_field(None, hashed=False)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifacts import Manifest, describe_file
+from core.judge import use as use_judge
 from core.lifecycle import StageRun
 from core.models import chat_renderer, load_tokenizer
 from reject_sampling.config import RejectSamplingConfig
@@ -87,6 +88,7 @@ def identify(cfg: RejectSamplingConfig) -> StageRun:
 def run(cfg: RejectSamplingConfig) -> Manifest:
     out = Path(cfg.output_dir)
     prompts, stage = check(cfg)
+    use_judge(cfg.verifier, cfg.judge)
     if (done := stage.begin()) is not None:
         return done
     clear_intermediates(out, INTERMEDIATES, force=cfg.force)  # each step keeps its file by fingerprint

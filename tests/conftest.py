@@ -144,6 +144,51 @@ def two_process_sft(tmp_path_factory, tiny_model, sft_data) -> Path:
     return run_dir / "round_0" / "sft"
 
 
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory) -> str:
+    """vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on the tiny policy, on a free
+    localhost port, once per session (tests/test_openai_backend.py, tests/test_judge.py); its base URL."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model["policy"],
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
+        "--no-enable-chunked-prefill",  # as the in-process CPU engine (reject_sampling/backends.py)
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, env={**offline_env(), "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 600
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "vLLM's server did not start within 600 s"
+            time.sleep(1)
+    yield url
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip, with the reason in the summary, what this machine cannot run: `gpu` tests without CUDA and
     `vllm` tests without an importable vLLM. `slow` tests run by default (CI included)."""

@@ -5,14 +5,10 @@ concurrency bound, the time limit and a dead server are checked against small in
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -33,36 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model, tmp_path_factory) -> str:
-    """vLLM's OpenAI server on the tiny policy, on a free localhost port; its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model["policy"],
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
-        "--no-enable-chunked-prefill",  # as the in-process CPU engine (reject_sampling/backends.py)
-    ]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, env={**offline_env(), "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 600
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "vLLM's server did not start within 600 s"
-            time.sleep(1)
-    yield url
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 @pytest.mark.vllm
