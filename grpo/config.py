@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import ModelConfig, PeftConfig, help_field
+from core.judge import JudgeConfig
 from core.push_to_hub import PushToHubConfig
 
 # TRL 1.16 GRPOConfig.loss_type values with a clipped-ratio objective; the first three are the documented ones.
@@ -62,6 +63,11 @@ class RewardsConfig:
     reward_model: float = help_field(0.0, help="Weight of the reward model's score (reward_model_path).")
     correct: float = help_field(1.0, help="accuracy reward of a verified-correct answer.")
     wrong: float = help_field(0.0, help="accuracy reward of a wrong (or missing) answer.")
+    verifier: str | None = help_field(
+        None, help="accuracy: the verifier of the math rows instead of `math` (math_or_judge: the LLM judge where "
+        "the rules cannot judge; llm_judge: the judge alone; its settings: the `judge` section); null = each "
+        "row's data_source.",
+    )  # fmt: skip
     require_think: bool = help_field(True, help="format: the completion must close a <think> block.")
     overlong_buffer: int = help_field(
         256,
@@ -173,6 +179,7 @@ class GRPOStageConfig:
     )
     resume: bool = help_field(True, help="Continue from the last checkpoint in output_dir if there is one.")
     keep_checkpoints: bool = help_field(False, help="Keep checkpoints/ after a finished run.", hashed=False)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # rewards.verifier=llm_judge | math_or_judge
     push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)
     force: bool = help_field(False, help="Retrain even if a matching manifest exists.", hashed=False)
 

@@ -71,9 +71,11 @@ def accuracy(
     prefill: Sequence[str] | None = None,
     correct: float = 1.0,
     wrong: float = 0.0,
+    verifier: str | None = None,
     **columns: Any,
 ) -> list[float | None]:
-    """`correct` / `wrong` by the verifier of each row's data_source (math by default); None when it cannot judge.
+    """`correct` / `wrong` by the verifier of each row's data_source (math by default; `verifier`, when given,
+    judges the math rows instead: the LLM judge, core/judge.py); None when it cannot judge.
 
     Not TRL's `accuracy_reward` nor `reasoning_accuracy_reward` (math-verify on a `solution` column): the
     answer judged is the one core.verifier.extract_answer reads, as reject_sampling and the benchmarks judge
@@ -97,7 +99,10 @@ def accuracy(
       conversational completions only, while the stage's are plain strings.
     """
     texts = traces(completions, prefill)
-    verdicts = verify_batch(texts, list(answer), list(data_source) if data_source is not None else None)
+    sources = list(data_source) if data_source is not None else ["math"] * len(texts)
+    if verifier is not None:
+        sources = [verifier if s == "math" else s for s in sources]
+    verdicts = verify_batch(texts, list(answer), sources)
     return [None if v is None else (correct if v else wrong) for v in verdicts]
 
 
@@ -156,7 +161,7 @@ def build_reward_functions(
     """The configured reward functions (parameters bound) and their weights, in the order of
     `rewards.weights`; `model` is the policy's ModelConfig (its instruction suffix and template options)."""
     params = {
-        "accuracy": {"correct": rewards.correct, "wrong": rewards.wrong},
+        "accuracy": {"correct": rewards.correct, "wrong": rewards.wrong, "verifier": rewards.verifier},
         "format": {"require_think": rewards.require_think},
         "overlong": {
             "max_completion_length": max_completion_length,

@@ -25,6 +25,7 @@ from core.artifacts import (
     Manifest,
     write_json_atomic,
 )
+from core.judge import use as use_judge
 from core.models import chat_renderer, load_tokenizer
 from core.training import (
     TrlArgsError,
@@ -240,6 +241,7 @@ def run(cfg: GRPOStageConfig) -> Manifest:
     out = Path(cfg.output_dir)
     # 1. Inputs: everything checkable without a model fails here, TRL's arguments first.
     args = training_args(cfg, out, processes=world_size())
+    use_judge(cfg.rewards.verifier, cfg.judge)
     stage = identify(cfg)  # the model directories exist, the prompt source resolves
     tokenizer = load_tokenizer(cfg.model)
     renderer = chat_renderer(cfg.model, tokenizer)

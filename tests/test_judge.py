@@ -140,8 +140,10 @@ def test_rejection_sampling_and_grpo_use_the_judge_as_their_verifier(server):
     samples = pd.DataFrame({"completion": [ANSWERED, ANSWERED], "answer": ["blue", "sky blue"]})
     verified = verify_samples(samples, "llm_judge", workers=0)
     assert verified["correct"].tolist() == [True, True]
-    rewards = accuracy([ANSWERED], ["navy"], data_source=["llm_judge"], correct=5.0, wrong=-5.0)
-    assert rewards == [5.0] and len(handler.prompts) == 3
+    rewards = accuracy(
+        [ANSWERED], ["navy"], data_source=["math"], correct=5.0, wrong=-5.0, verifier="llm_judge"
+    )
+    assert rewards == [5.0] and len(handler.prompts) == 3  # rewards.verifier judged the math row
     assert verify_batch([ANSWERED], ["blue"], ["llm_judge"]) == [True]  # cached
 
 
