@@ -14,6 +14,7 @@ from core.push_to_hub import PushToHubConfig
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 BACKENDS = ("auto", "vllm", "transformers")
+VLLM_MODES = ("colocate", "server")
 # Reward functions of grpo/rewards.py, in the order TRL receives them; each has a weight field in RewardsConfig.
 REWARD_NAMES = ("accuracy", "format", "overlong", "reward_model")
 
@@ -125,8 +126,24 @@ class RolloutGeneration:
 
     backend: str = help_field(
         "auto",
-        help="vllm (colocate: a vLLM engine in each training process) | transformers (model.generate) | auto "
-        "(vllm when importable, else transformers).",
+        help="vllm (a vLLM engine in each training process, or a `trl vllm-serve` server: vllm_mode) | "
+        "transformers (model.generate) | auto (vllm when importable, else transformers).",
+    )
+    vllm_mode: str = help_field(
+        "colocate", help="colocate (vLLM inside each training process) | server (TRL's `trl vllm-serve` on other "
+        "GPUs or nodes, weights synced to it every step; needs CUDA).",
+    )  # fmt: skip
+    vllm_server_base_url: str | None = help_field(
+        None, help="server mode: the server's URL (http://host:8000); null = vllm_server_host:vllm_server_port.",
+        hashed=False,
+    )  # fmt: skip
+    vllm_server_host: str = help_field("0.0.0.0", help="server mode: the server's host.", hashed=False)
+    vllm_server_port: int = help_field(8000, help="server mode: the server's port.", hashed=False)
+    vllm_server_timeout: float = help_field(
+        240.0, help="server mode: seconds to wait for the server at the start.", hashed=False
+    )
+    vllm_group_port: int = help_field(
+        51216, help="server mode: the port of the weight-sync process group (NCCL).", hashed=False
     )
     vllm_gpu_memory_utilization: float = help_field(
         0.3, help="Share of GPU memory for vLLM (colocate).", hashed=False
@@ -186,6 +203,14 @@ class GRPOStageConfig:
     def __post_init__(self) -> None:
         if self.generation.backend not in BACKENDS:
             raise ValueError(f"generation.backend must be one of {BACKENDS}, got '{self.generation.backend}'")
+        if self.generation.vllm_mode not in VLLM_MODES:
+            raise ValueError(
+                f"generation.vllm_mode must be one of {VLLM_MODES}, got '{self.generation.vllm_mode}'"
+            )
+        if self.generation.vllm_mode == "server" and self.generation.backend == "transformers":
+            raise ValueError(
+                "generation.vllm_mode=server samples on a vLLM server: it needs generation.backend=vllm"
+            )
         if self.data.prompts is None and not self.data.reasoning_gym:
             raise ValueError(
                 "no prompts: set data.prompts (a prompt set) and/or data.reasoning_gym (generators)"

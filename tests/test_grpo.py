@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -135,6 +137,87 @@ def test_batch_arithmetic_is_trls_with_the_launched_process_count():
             "grpo.num_generations=8",
             processes=2,
         )
+
+
+SERVER = (
+    "generation.backend=vllm",
+    "generation.vllm_mode=server",
+    "generation.vllm_server_base_url=http://10.0.0.7:8000",
+    "generation.vllm_group_port=51300",
+)
+
+
+def test_vllm_server_mode_reaches_trl_with_its_batch_checks():
+    """generation.vllm_mode=server is TRL's server mode (`trl vllm-serve` elsewhere), its URL and weight-sync
+    port passed through; TRL's batch arithmetic holds for the training processes launched (the server's
+    GPUs are not among them). Composed on a machine without a GPU, as the pipeline's dry run does."""
+    args = grpo_args(*SERVER, "grpo.per_device_train_batch_size=4", "grpo.num_generations=8", processes=2)
+    assert (args.use_vllm, args.vllm_mode, args.vllm_server_base_url, args.vllm_group_port) == (
+        True,
+        "server",
+        "http://10.0.0.7:8000",
+        51300,
+    )
+    with pytest.raises(
+        TrlArgsError, match=r"generation_batch_size \(4\) must be divisible by num_generations"
+    ):
+        grpo_args(*SERVER, "grpo.per_device_train_batch_size=4", "grpo.num_generations=8", processes=1)
+    with pytest.raises(TrlArgsError, match=r"use generation\.vllm_mode"):
+        grpo_args("grpo.vllm_mode=server")
+    with pytest.raises(
+        Exception, match=r"vllm_mode=server samples on a vLLM server: it needs generation\.backend=vllm"
+    ):
+        to_typed(
+            compose("grpo", ["generation.backend=transformers", "generation.vllm_mode=server"]),
+            GRPOStageConfig,
+        )
+
+
+def test_vllm_server_mode_needs_cuda_at_the_stages_door():
+    cfg = to_typed(compose("grpo", ["use_cpu=true", *SERVER]), GRPOStageConfig)
+    with pytest.raises(TrlArgsError, match=r"vllm_mode=server needs CUDA: TRL syncs the policy's weights"):
+        stage.training_args(cfg, Path(cfg.output_dir))
+
+
+@pytest.mark.gpu
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_grpo_trains_against_a_trl_vllm_serve_server(tmp_path, sft_model, one_step_data):
+    """Two GPUs: `trl vllm-serve` on the second, GRPO on the first, weights synced every step."""
+    import signal
+    import socket
+    import urllib.request
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs: one for the server, one for training")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("trl")), "vllm-serve", "--model", str(sft_model), "--port", str(port)],
+        env={**offline_env(), "CUDA_VISIBLE_DEVICES": "1"}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "trl vllm-serve did not start"
+                time.sleep(2)
+        base = [o for o in grpo_overrides(tmp_path, sft_model, one_step_data) if o != "use_cpu=true"]
+        cmd = [sys.executable, "-m", "grpo", *base, "use_cpu=false",
+               "generation.backend=vllm", "generation.vllm_mode=server",
+               f"generation.vllm_server_base_url=http://127.0.0.1:{port}", "grpo.max_steps=2"]  # fmt: skip
+        done = subprocess.run(cmd, cwd=REPO, env={**offline_env(), "CUDA_VISIBLE_DEVICES": "0"}, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (manifest,) = tmp_path.rglob("grpo/manifest.json")
+        assert read_manifest(manifest.parent).metrics["global_step"] == 2
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 @pytest.mark.parametrize(

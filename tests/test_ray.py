@@ -115,6 +115,7 @@ def test_ray_sampling_equals_the_local_backend_and_resumes_after_sigkill(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@pytest.mark.long  # two vLLM engine starts; the transformers engines' test covers the pool in CI
 def test_ray_sampling_with_vllm_engines_equals_local_vllm(tmp_path, policy, ray_cluster):
     prompts = write_prompts(tmp_path / "p.parquet", 8)
     settings = ["sampling.n=2", "chunk_prompts=4", "sampling.max_new_tokens=24"]
@@ -216,6 +217,7 @@ def small_ray_pipeline(address: str, model: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~5 minutes alone on 2 cores: RUN_LONG=1 bash scripts/test.sh tests/test_ray.py
 def test_the_pipeline_runs_end_to_end_on_a_ray_cluster(tmp_path, tiny_model, ray_cluster):
     from core.artifacts import read_manifest
 
