@@ -249,7 +249,7 @@ def test_backend_names_are_grpos_and_the_old_hf_name_is_refused():
     from reject_sampling.config import BACKENDS, ENGINES
 
     assert ENGINES == GRPO_BACKENDS
-    assert (*ENGINES, "ray") == BACKENDS
+    assert (*ENGINES, "ray", "openai") == BACKENDS
     assert to_typed(compose("sample", ["sampling=tiny"]), SampleConfig).sampling.backend == "transformers"
     with pytest.raises(
         Exception, match=re.escape("one of ('auto', 'vllm', 'transformers', 'ray', 'openai'), got 'hf'")
