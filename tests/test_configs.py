@@ -33,7 +33,14 @@ REQUIRED = {"rm_score": ["input=a.parquet", "output=b.parquet", "model.path=/mod
 PRIMARY = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Hydra groups and the primary config that uses them.
-GROUPS = {"sft": "train_sft", "peft": "train_sft", "rm": "reward_model", "grpo": "grpo", "sampling": "sample"}
+GROUPS = {
+    "sft": "train_sft",
+    "peft": "train_sft",
+    "rm": "reward_model",
+    "grpo": "grpo",
+    "sampling": "sample",
+    "judge": "reject_sampling",
+}
 GROUP_OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 ACCELERATE = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
 
